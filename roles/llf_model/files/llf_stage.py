@@ -55,6 +55,12 @@ def list_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.relative_to(root).parts)
 
 
+def make_readable(root: Path) -> None:
+    """Model files are not secret: the service user must read them (0644, dirs 0755)."""
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def build_lock(dest: Path, spec: dict) -> dict:
     model_dir = dest / MODEL_DIR
     files = {}
@@ -244,6 +250,7 @@ def stage(spec: dict, dest: Path, cache: Path,
         if fetched.suffix != ".gguf":
             raise StageError(f"{fetched} is a file but not a .gguf file", 2)
         converter(fetched, dest / MODEL_DIR, spec.get("dtype", "bfloat16"))
+    make_readable(dest / MODEL_DIR)
     lock = build_lock(dest, spec)
     write_lock(dest, lock)
     shutil.rmtree(cache, ignore_errors=True)

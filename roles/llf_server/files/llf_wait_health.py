@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Wait until the server's /health answers 200, failing fast when the service died.
+
+    llf_wait_health.py URL TIMEOUT_S -- STATUS_COMMAND...
+
+STATUS_COMMAND is run every few seconds; when its output says the service has given
+up (supervisor: FATAL or EXITED or BACKOFF after retries; systemd: failed), waiting
+stops at once instead of running out the timeout. Exit 0 ready, 1 not ready.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+DEAD = ("FATAL", "EXITED", "failed")
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own server
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def service_state(command: list[str]) -> str:
+    if not command:
+        return ""
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    return (result.stdout + result.stderr).strip()
+
+
+def wait(url: str, timeout: float, command: list[str], interval: float = 2.0) -> int:
+    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        if healthy(url):
+            print(f"{url} answered 200 after {time.monotonic() - started:.0f} s")
+            return 0
+        state = service_state(command)
+        if any(word in state for word in DEAD):
+            print(f"the service stopped trying before {url} answered: {state}", file=sys.stderr)
+            return 1
+        time.sleep(interval)
+    print(f"{url} did not answer 200 within {timeout:.0f} s", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    command = argv[3:] if len(argv) > 2 and argv[2] == "--" else []
+    return wait(argv[0], float(argv[1]), command)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

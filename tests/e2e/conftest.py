@@ -1,0 +1,101 @@
+"""The real deployment every end-to-end test shares.
+
+`make install` runs once per session on this machine with the embedded default model,
+exactly as a user runs it, except that the endpoints file goes to a temporary
+LLF_CONFIG and llf_venv/ is reached through a symlink (VENV=...), so that the final
+`make uninstall` removes the link rather than the venv pytest itself runs from.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, Server
+
+MODEL = "smollm2-135m-instruct"
+INSTALL_TIMEOUT = 3600
+
+
+@dataclass
+class MakeResult:
+    returncode: int
+    output: str
+    seconds: float
+
+
+@dataclass
+class Deployment:
+    server: Server
+    install: MakeResult
+    env: dict[str, str]
+    venv_link: Path
+    endpoints_file: Path
+
+
+class Harness:
+    """Runs make targets the way a user does, in the shared test environment."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.venv_link = workdir / "llf_venv"
+        self.endpoints_file = workdir / "config" / "endpoints.yml"
+        self.env = dict(os.environ)
+        self.env["LLF_CONFIG"] = str(self.endpoints_file)
+        self.env["ANSIBLE_NOCOLOR"] = "1"
+        self.env["ANSIBLE_FORCE_COLOR"] = "0"
+        self.env.pop("MAKEFLAGS", None)
+        self.env.pop("MAKELEVEL", None)
+        self.link_venv()
+
+    def link_venv(self) -> None:
+        if not self.venv_link.is_symlink():
+            self.venv_link.symlink_to(REPO / "llf_venv")
+
+    def make(self, *args: str, timeout: int = INSTALL_TIMEOUT) -> MakeResult:
+        started = time.monotonic()
+        proc = subprocess.run(
+            ["make", "--no-print-directory", "-C", str(REPO), f"VENV={self.venv_link}", *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        result = MakeResult(proc.returncode, proc.stdout, time.monotonic() - started)
+        print(f"make {' '.join(args)}: exit {proc.returncode} in {result.seconds:.1f} s")
+        return result
+
+
+def recap(output: str) -> dict[str, int]:
+    """The PLAY RECAP counters of the last play, for the host `local`."""
+    lines = [line for line in output.splitlines() if line.startswith("local ") and "ok=" in line]
+    assert lines, f"no PLAY RECAP in the output:\n{output[-3000:]}"
+    counters = {}
+    for field in lines[-1].split(":", 1)[1].split():
+        key, _, value = field.partition("=")
+        counters[key] = int(value)
+    return counters
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Harness:
+    return Harness(tmp_path_factory.mktemp("llf-e2e"))
+
+
+@pytest.fixture(scope="session")
+def deployment(harness: Harness) -> Deployment:
+    result = harness.make("install", f"MODEL={MODEL}")
+    assert result.returncode == 0, f"make install failed:\n{result.output[-6000:]}"
+    print(f"FIGURE fresh make install: {result.seconds:.1f} s")
+    endpoints = yaml.safe_load(harness.endpoints_file.read_text(encoding="utf-8"))["endpoints"]
+    first = endpoints[0]
+    server = Server(base_url=first["base_url"], model=first["model"], api_key=first.get("api_key"))
+    return Deployment(server, result, harness.env, harness.venv_link, harness.endpoints_file)

@@ -1,0 +1,124 @@
+"""`make install` on this machine: a real vLLM server that answers, idempotent, verified."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.e2e.conftest import MODEL, Deployment, Harness, recap
+
+pytestmark = pytest.mark.e2e
+
+MODEL_DIR = Path("/var/lib/llf/models") / MODEL
+SECRETS = Path("/etc/llf/secrets.env")
+
+
+def test_install_prints_endpoint_model_time_and_example(deployment: Deployment) -> None:
+    out = deployment.install.output
+    assert f"Endpoint:     {deployment.server.base_url}" in out
+    assert f"Model:        {MODEL} ({MODEL}, verified)" in out
+    assert "Deploy took:" in out and "make install took" in out
+    assert 'llf-client ask "What is the capital of France?"' in out
+    assert recap(out)["failed"] == 0
+
+
+def test_server_answers_the_capital_of_france(deployment: Deployment) -> None:
+    proc = subprocess.run(
+        [str(deployment.venv_link / "bin" / "llf-client"), "ask", "--no-stream", "--temperature", "0",
+         "--system", "You are a helpful assistant.", "What is the capital of France?"],
+        env=deployment.env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Paris" in proc.stdout
+
+
+def test_server_runs_as_the_unprivileged_user(deployment: Deployment) -> None:
+    ps = subprocess.run(["ps", "-eo", "user:20,args"], capture_output=True, text=True, check=True).stdout
+    servers = [line for line in ps.splitlines() if "vllm.entrypoints.openai.api_server" in line]
+    assert servers, ps
+    assert all(line.split()[0] == "llf" for line in servers), servers
+
+
+def test_api_key_is_required_and_kept_secret(deployment: Deployment) -> None:
+    key = deployment.server.api_key
+    assert key and len(key) >= 32
+    root = deployment.server.root_url
+    assert requests.get(f"{root}/v1/models", timeout=10).status_code == 401
+    ok = requests.get(f"{root}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert ok.status_code == 200
+    mode = stat.S_IMODE(SECRETS.stat().st_mode)
+    assert mode == 0o600 and SECRETS.owner() == "llf"
+    assert stat.S_IMODE(deployment.endpoints_file.stat().st_mode) == 0o600
+    # never on a command line, in a world-readable file or in the deploy's output
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert key not in ps
+    for path in Path("/etc/llf").iterdir():
+        if path.is_file() and path.stat().st_mode & stat.S_IROTH:
+            assert key not in path.read_text(encoding="utf-8", errors="replace"), path
+    assert key not in deployment.install.output
+
+
+def test_model_is_pinned_and_locked(deployment: Deployment) -> None:
+    lock = json.loads((MODEL_DIR / "llf-lock.json").read_text(encoding="utf-8"))
+    assert lock["source"]["sha256"] == "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+    assert "model/model.safetensors" in lock["files"]
+    assert all(len(entry["sha256"]) == 64 for entry in lock["files"].values())
+
+
+def test_second_run_changes_nothing(deployment: Deployment, harness: Harness) -> None:
+    result = harness.make("install", f"MODEL={MODEL}")
+    assert result.returncode == 0, result.output[-4000:]
+    counters = recap(result.output)
+    assert counters["changed"] == 0, result.output[-6000:]
+    assert counters["failed"] == 0
+    print(f"FIGURE idempotent re-run of make install: {result.seconds:.1f} s")
+
+
+def test_corrupted_model_file_fails_verification_naming_the_file(
+    deployment: Deployment, harness: Harness, tmp_path: Path
+) -> None:
+    target = MODEL_DIR / "model" / "config.json"
+    backup = tmp_path / "config.json"
+    shutil.copy2(target, backup)
+    try:
+        with target.open("a", encoding="utf-8") as handle:
+            handle.write(" ")
+        result = harness.make("install", f"MODEL={MODEL}", timeout=600)
+        assert result.returncode != 0
+        assert f"model file {target} does not match its sha256" in result.output
+        assert "delete /var/lib/llf/models/smollm2-135m-instruct to stage the model again" in result.output
+    finally:
+        shutil.copy2(backup, target)
+    # the server that was working still is
+    key = deployment.server.api_key
+    models = requests.get(f"{deployment.server.root_url}/v1/models",
+                          headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert models.status_code == 200
+
+
+def test_supervisor_restarts_a_killed_server(deployment: Deployment) -> None:
+    if os.path.exists("/run/systemd/system"):
+        pytest.skip("systemd host: restart is systemd's Restart=on-failure")
+    pid = subprocess.run(["pgrep", "-u", "llf", "-f", "vllm.entrypoints.openai.api_server"],
+                         capture_output=True, text=True, check=True).stdout.split()[0]
+    os.kill(int(pid), 9)
+    ok = False
+    for _ in range(180):
+        try:
+            if requests.get(f"{deployment.server.root_url}/health", timeout=2).status_code == 200:
+                new = subprocess.run(["pgrep", "-u", "llf", "-f", "vllm.entrypoints.openai.api_server"],
+                                     capture_output=True, text=True, check=False).stdout.split()
+                if new and new[0] != pid:
+                    ok = True
+                    break
+        except requests.RequestException:
+            pass
+        subprocess.run(["sleep", "2"], check=True)
+    assert ok, "the server did not come back after kill -9"

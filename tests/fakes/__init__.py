@@ -1,0 +1,1 @@
+"""Fakes for the failures a real server cannot produce on demand."""
