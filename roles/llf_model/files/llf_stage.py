@@ -202,7 +202,7 @@ def fetch_hf(source: dict, cache: Path, dest: Path) -> Path:
     return target
 
 
-def convert_gguf(gguf: Path, model_dir: Path, dtype: str = "bfloat16") -> None:
+def convert_gguf(gguf: Path, model_dir: Path, dtype: str = "bfloat16") -> None:  # pragma: no cover
     """Dequantize a GGUF checkpoint into a safetensors directory vLLM can serve.
 
     transformers refuses to save a model that still carries the GGUF quantization
