@@ -294,8 +294,11 @@ class EndpointClient:
             api_key=endpoint.api_key or NO_KEY,
             timeout=self._timeout(timeout),
             max_retries=max_retries,
+            http_client=openai.DefaultHttpxClient(verify=endpoint.ca_cert) if endpoint.ca_cert else None,
         )
         self.http = requests.Session()
+        if endpoint.ca_cert:
+            self.http.verify = endpoint.ca_cert
         self._models: list[ModelInfo] | None = None
 
     def _timeout(self, read: float) -> openai.Timeout:

@@ -42,6 +42,7 @@ class Endpoint:
     api_key: str | None = None
     model: str | None = None  # the model to ask (smoke: the expected served name)
     queue_threshold: float | None = None  # burst away when more requests wait
+    ca_cert: str | None = None  # a PEM file to trust for https (e.g. the gateway's certificate)
 
     @property
     def root_url(self) -> str:
@@ -149,6 +150,7 @@ def load_endpoints_file(path: Path) -> list[Endpoint]:
                 queue_threshold=_optional_number(
                     entry.get("queue_threshold"), "queue_threshold", at
                 ),
+                ca_cert=_optional_str(entry.get("ca_cert"), "ca_cert", at),
             )
         )
     return endpoints

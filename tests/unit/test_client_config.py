@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -312,3 +313,21 @@ def test_group_vars_must_be_a_mapping(tmp_path: Path) -> None:
     write(tmp_path / "group_vars" / "all.yml", "- 1\n")
     with pytest.raises(ConfigError, match="variables must be a mapping"):
         load_inventory(tmp_path)
+
+
+def test_ca_cert_is_read_and_trusted_by_the_client(tmp_path: Path) -> None:
+    from llf_client.client import EndpointClient
+
+    pem = tmp_path / "gateway.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=gw",
+         "-keyout", str(tmp_path / "gateway.key"), "-out", str(pem)],
+        check=True, capture_output=True,
+    )
+    text = f"endpoints:\n  - {{name: gw, base_url: 'https://10.0.0.9:8443/v1', ca_cert: '{pem}'}}\n"
+    endpoint = load_endpoints_file(write(tmp_path / "e.yml", text))[0]
+    assert endpoint.ca_cert == str(pem)
+    client = EndpointClient(endpoint)
+    assert client.http.verify == str(pem)
+    plain = EndpointClient(Endpoint("local", "http://127.0.0.1:8000/v1"))
+    assert plain.http.verify is True
