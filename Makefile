@@ -23,9 +23,12 @@ WORKERS   ?=
 PLAYBOOK   = $(VENV)/bin/ansible-playbook -i $(INVENTORY) $(if $(LIMIT),--limit $(LIMIT))
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
+# real systemd test hosts (systemd-nspawn): make testhosts-up N=3, testhosts-down
+include mk/testhosts.mk
+
 .PHONY: help
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "Variables: INVENTORY=$(INVENTORY) MODEL=<catalog name> PURGE=1 ARGS='<ansible-playbook args>'"
 

@@ -58,6 +58,29 @@ class Harness:
         if not self.venv_link.is_symlink():
             self.venv_link.symlink_to(REPO / "llf_venv")
 
+    def playbook(self, name: str, inventory: Path, *args: str, timeout: int = INSTALL_TIMEOUT) -> MakeResult:
+        """ansible-playbook from llf_venv, as the README shows for other inventories."""
+        started = time.monotonic()
+        proc = subprocess.run(
+            [
+                str(REPO / "llf_venv" / "bin" / "ansible-playbook"),
+                "-i",
+                str(inventory),
+                str(REPO / "playbooks" / name),
+                *args,
+            ],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        result = MakeResult(proc.returncode, proc.stdout, time.monotonic() - started)
+        print(f"ansible-playbook {name} {' '.join(args)}: exit {proc.returncode} in {result.seconds:.1f} s")
+        return result
+
     def make(self, *args: str, timeout: int = INSTALL_TIMEOUT) -> MakeResult:
         started = time.monotonic()
         proc = subprocess.run(
@@ -74,9 +97,9 @@ class Harness:
         return result
 
 
-def recap(output: str) -> dict[str, int]:
-    """The PLAY RECAP counters of the last play, for the host `local`."""
-    lines = [line for line in output.splitlines() if line.startswith("local ") and "ok=" in line]
+def recap(output: str, host: str = "local") -> dict[str, int]:
+    """The PLAY RECAP counters of one host."""
+    lines = [line for line in output.splitlines() if line.startswith(host + " ") and "ok=" in line]
     assert lines, f"no PLAY RECAP in the output:\n{output[-3000:]}"
     counters = {}
     for field in lines[-1].split(":", 1)[1].split():

@@ -1,0 +1,259 @@
+"""Many hosts: two vLLM servers and a TLS gateway on real systemd hosts with no
+internet (systemd-nspawn, `make testhosts-up`), a rolling update under load that
+loses no request, the allowlist, the firewall, idempotence and uninstall.
+
+Runs after the local deployment was uninstalled, so one machine never runs more
+than the two lab servers.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import REPO
+from tests.e2e.conftest import MODEL, Harness, recap
+
+pytestmark = pytest.mark.e2e
+
+INVENTORY = REPO / "tests" / "testhosts" / "inventory"
+
+
+@dataclass
+class Lab:
+    servers: dict[str, str]  # name -> address
+    gateway: str
+    gateway_ip: str
+    key: str
+    ssh: list[str]
+
+    def run(self, host: str, command: str) -> subprocess.CompletedProcess[str]:
+        address = self.gateway_ip if host == self.gateway else self.servers.get(host, host)
+        return subprocess.run(
+            [*self.ssh, f"root@{address}", command], capture_output=True, text=True, timeout=120, check=False
+        )
+
+    @property
+    def gateway_url(self) -> str:
+        return f"https://{self.gateway_ip}:8443"
+
+
+def lab_vars(key: str) -> dict:
+    """The example lab's settings (inventories/lab), sized for one 2-core machine."""
+    settings = yaml.safe_load((REPO / "inventories/lab/group_vars/all/main.yml").read_text())
+    settings.update(
+        {
+            "llf_server_api_key": key,
+            "llf_model_name": MODEL,
+            # no compiler in the hosts and no apt mirror: eager mode, packages from the base image
+            "llf_server_enforce_eager": True,
+            "llf_host_install_compiler": False,
+            "llf_server_kv_cache_gb": 1,
+            "llf_server_start_timeout": 900,
+            "llf_server_shutdown_timeout": 60,
+        }
+    )
+    return settings
+
+
+@pytest.fixture(scope="module")
+def lab(harness: Harness) -> Lab:
+    up = harness.make("testhosts-up", "N=3", timeout=1800)
+    assert up.returncode == 0, up.output[-4000:]
+    print(f"FIGURE testhosts-up N=3: {up.seconds:.1f} s")
+    hosts = yaml.safe_load((INVENTORY / "hosts.yml").read_text())["all"]["children"]
+    servers = {name: spec["ansible_host"] for name, spec in hosts["llf_servers"]["hosts"].items()}
+    [(gateway, gw)] = hosts["llf_gateway"]["hosts"].items()
+    key = secrets.token_urlsafe(32)
+    group_vars = INVENTORY / "group_vars" / "all" / "lab.yml"
+    group_vars.write_text(yaml.safe_dump(lab_vars(key)))
+    group_vars.chmod(0o600)
+    host_vars = INVENTORY / "host_vars"
+    host_vars.mkdir(exist_ok=True)
+    for core, name in enumerate(sorted(servers)):  # one core each: two servers on two cores
+        (host_vars / f"{name}.yml").write_text(yaml.safe_dump({"llf_server_cpu_threads_bind": str(core)}))
+    key_file = gw["ansible_ssh_private_key_file"]
+    ssh = [
+        "ssh",
+        "-i",
+        key_file,
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+    try:
+        yield Lab(servers, gateway, gw["ansible_host"], key, ssh)
+    finally:
+        down = harness.make("testhosts-down", timeout=600)
+        assert down.returncode == 0, down.output[-3000:]
+
+
+def deploy(harness: Harness, *args: str):
+    return harness.playbook("deploy.yml", INVENTORY, *args)
+
+
+def test_lab_deploys_two_servers_behind_the_gateway(harness: Harness, lab: Lab) -> None:
+    result = deploy(harness)
+    assert result.returncode == 0, result.output[-8000:]
+    for host in [*lab.servers, lab.gateway]:
+        assert recap(result.output, host)["failed"] == 0
+    print(f"FIGURE lab deploy (wheelhouse and model from the controller, 2 servers + gateway): {result.seconds:.1f} s")
+    # no internet on the hosts: the route out goes nowhere
+    probe = lab.run(next(iter(lab.servers.values())), "curl -sS -m 5 https://pypi.org/ >/dev/null")
+    assert probe.returncode != 0
+
+
+def test_smoke_through_the_gateway_and_each_server(harness: Harness, lab: Lab) -> None:
+    proc = subprocess.run(
+        [str(REPO / "llf_venv/bin/llf-client"), "smoke", "--json"],
+        env=harness.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    text = json.dumps(report)
+    assert f"{lab.gateway}-gateway" in text
+    for name in lab.servers:
+        assert name in text
+
+
+def test_gateway_allows_only_the_inference_paths_with_the_key(harness: Harness, lab: Lab) -> None:
+    ca = str(Path(harness.env["LLF_CONFIG"]).parent / f"gateway-{lab.gateway}.pem")
+    auth = {"Authorization": f"Bearer {lab.key}"}
+    assert requests.get(f"{lab.gateway_url}/v1/models", headers=auth, verify=ca, timeout=30).status_code == 200
+    assert requests.get(f"{lab.gateway_url}/v1/models", verify=ca, timeout=30).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-key"}
+    assert requests.get(f"{lab.gateway_url}/v1/models", headers=wrong, verify=ca, timeout=30).status_code == 401
+    for path in ["/tokenize", "/metrics", "/pause", "/invocations", "/v1/load_lora_adapter"]:
+        response = requests.post(f"{lab.gateway_url}{path}", headers=auth, json={}, verify=ca, timeout=30)
+        assert response.status_code == 404, path
+    # behind it, vLLM's --api-key alone leaves such a route open: why the gateway refuses it
+    server_ip = next(iter(lab.servers.values()))
+    tokenize = requests.post(f"http://{server_ip}:8000/tokenize", json={"model": MODEL, "prompt": "hi"}, timeout=30)
+    assert tokenize.status_code == 200
+
+
+def test_firewall_opens_the_api_port_only_to_the_gateway_and_controller(lab: Lab) -> None:
+    (first, first_ip), (second, _) = sorted(lab.servers.items())
+    url = f"http://{first_ip}:8000/health"
+    assert lab.run(lab.gateway, f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {url}").stdout == "200"
+    assert requests.get(url, timeout=10).status_code == 200  # the controller
+    assert lab.run(second, f"curl -sS -m 5 {url}").returncode != 0  # another server: dropped
+
+
+def test_rolling_update_under_load_loses_no_request(harness: Harness, lab: Lab, tmp_path: Path) -> None:
+    slo = tmp_path / "slo.yaml"
+    slo.write_text(
+        yaml.safe_dump(
+            {
+                "min_samples": 10,
+                "targets": ["error_rate <= 0 %"],
+                "validity": {
+                    "client_cpu_percent": 100,
+                    "schedule_lag_ms": 100000,
+                    "server_gap_ms": 100000,
+                    "server_gap_action": "warn",
+                },
+            }
+        )
+    )
+    env = dict(
+        harness.env,
+        LLF_API_KEY=lab.key,
+        REQUESTS_CA_BUNDLE=str(Path(harness.env["LLF_CONFIG"]).parent / f"gateway-{lab.gateway}.pem"),
+    )
+    out = tmp_path / "results"
+    load = subprocess.Popen(
+        [
+            str(REPO / "llf_venv/bin/python"),
+            "-m",
+            "loadtests",
+            "run",
+            "--host",
+            lab.gateway_url,
+            "--model",
+            MODEL,
+            "--users",
+            "2",
+            "--duration",
+            "240s",
+            "--warmup",
+            "5s",
+            "--scenario",
+            "short",
+            "--slo",
+            str(slo),
+            "--out",
+            str(out),
+            "--request-timeout",
+            "120",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(20)
+        assert load.poll() is None, load.communicate()[0][-3000:]
+        rollout = deploy(harness, "-e", '{"llf_server_extra_env": {"LLF_ROLLOUT": "2"}}')
+        assert rollout.returncode == 0, rollout.output[-8000:]
+        for name in lab.servers:
+            assert "RUNNING HANDLER [llf_server : Drain the server from the gateway]" in rollout.output
+            assert recap(rollout.output, name)["changed"] > 0
+        print(f"FIGURE rolling update of 2 servers under load: {rollout.seconds:.1f} s")
+        output, _ = load.communicate(timeout=600)
+    finally:
+        if load.poll() is None:
+            load.kill()
+    assert load.returncode == 0, output[-4000:]
+    [result_file] = list(out.glob("*.json")) or list(out.rglob("result*.json"))
+    result = json.loads(result_file.read_text())
+    assert result["failed"] == 0 and result["completed"] >= 10, result
+    print(
+        f"FIGURE requests through the gateway during the rollout: {result['completed']} completed, "
+        f"{result['failed']} failed"
+    )
+
+
+def test_second_run_changes_nothing(harness: Harness, lab: Lab) -> None:
+    result = deploy(harness, "-e", '{"llf_server_extra_env": {"LLF_ROLLOUT": "2"}}')
+    assert result.returncode == 0, result.output[-6000:]
+    for host in [*lab.servers, lab.gateway]:
+        assert recap(result.output, host)["changed"] == 0, result.output[-6000:]
+    print(f"FIGURE lab idempotent re-run: {result.seconds:.1f} s")
+
+
+def test_uninstall_leaves_the_hosts_clean(harness: Harness, lab: Lab) -> None:
+    result = harness.playbook("uninstall.yml", INVENTORY, "-e", "llf_model_purge=true")
+    assert result.returncode == 0, result.output[-6000:]
+    check = (
+        "test ! -e /etc/llf && test ! -e /opt/llf && test ! -e /var/lib/llf && test ! -e /var/cache/llf"
+        " && ! getent passwd llf && test ! -e /etc/nginx/conf.d/llf-gateway.conf"
+        " && ! nft list table inet llf_firewall 2>/dev/null"
+        " && test ! -e /etc/systemd/system/llf-vllm.service && ! pgrep -f vllm"
+    )
+    for host in [*lab.servers, lab.gateway]:
+        outcome = lab.run(host, check)
+        assert outcome.returncode == 0, f"{host} is not clean: {outcome.stdout}{outcome.stderr}"
+    again = harness.playbook("uninstall.yml", INVENTORY, "-e", "llf_model_purge=true")
+    assert again.returncode == 0
+    for host in [*lab.servers, lab.gateway]:
+        assert recap(again.output, host)["changed"] == 0, again.output[-4000:]
