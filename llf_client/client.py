@@ -326,6 +326,8 @@ class EndpointClient:
                 headers=headers,
                 json=json,
                 timeout=(min(CONNECT_TIMEOUT, timeout), timeout),
+                # per request: requests lets REQUESTS_CA_BUNDLE override a session's verify
+                verify=self.endpoint.ca_cert or True,
             )
         except requests.RequestException as exc:
             raise self._fail(exc, timeout) from exc
