@@ -110,6 +110,8 @@ class StreamingUser(HttpUser):
     def on_start(self) -> None:
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies from the environment: measure the server
+        # trust_env off also drops REQUESTS_CA_BUNDLE: a private CA (the LLF gateway's) comes back here
+        self.session.verify = os.environ.get("LLF_CA_CERT") or os.environ.get("REQUESTS_CA_BUNDLE") or True
 
     def on_stop(self) -> None:
         self.session.close()

@@ -1,0 +1,137 @@
+"""The readiness wait and the gateway's health checker, against local HTTP servers."""
+
+from __future__ import annotations
+
+import http.server
+import importlib.util
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+wait_health = load(REPO / "roles/llf_server/files/llf_wait_health.py")
+gateway_health = load(REPO / "roles/llf_gateway/files/llf_gateway_health.py")
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(self.status if self.path == "/health" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, int]]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield "127.0.0.1", httpd.server_address[1]
+    httpd.shutdown()
+
+
+def free_port() -> int:
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    port = httpd.server_address[1]
+    httpd.server_close()
+    return port
+
+
+# --- llf_wait_health ------------------------------------------------------------
+
+def test_wait_returns_when_health_answers(server: tuple[str, int], capsys: pytest.CaptureFixture[str]) -> None:
+    host, port = server
+    assert wait_health.main([f"http://{host}:{port}/health", "30"]) == 0
+    assert "answered 200" in capsys.readouterr().out
+
+
+def test_wait_fails_fast_when_the_service_gave_up(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}/health"
+    status = [sys.executable, "-c", "print('llf-vllm  FATAL  Exited too quickly')"]
+    assert wait_health.main([url, "600", "--", *status]) == 1
+    assert "the service stopped trying" in capsys.readouterr().err
+
+
+def test_wait_times_out(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}/health"
+    assert wait_health.wait(url, 0.2, [sys.executable, "-c", "print('STARTING')"], interval=0.05) == 1
+    assert "did not answer 200 within 0 s" in capsys.readouterr().err
+
+
+def test_wait_usage() -> None:
+    assert wait_health.main([]) == 2
+
+
+# --- llf_gateway_health ---------------------------------------------------------
+
+def config(tmp_path: Path, backends: list[dict]) -> Path:
+    path = tmp_path / "backends.json"
+    path.write_text(json.dumps({
+        "upstream": "llf_vllm", "backends": backends, "upstream_file": str(tmp_path / "upstream.conf"),
+        "drain_dir": str(tmp_path / "drain"), "timeout": 2,
+        "reload_command": [sys.executable, "-c", f"open({str(tmp_path / 'reloads')!r}, 'a').write('x')"],
+    }))
+    (tmp_path / "drain").mkdir(exist_ok=True)
+    return path
+
+
+def reloads(tmp_path: Path) -> int:
+    path = tmp_path / "reloads"
+    return len(path.read_text()) if path.exists() else 0
+
+
+def test_gateway_marks_failing_and_drained_servers_down(server: tuple[str, int], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    host, port = server
+    dead = free_port()
+    path = config(tmp_path, [{"name": "a", "address": host, "port": port},
+                             {"name": "b", "address": host, "port": dead},
+                             {"name": "c", "address": host, "port": port}])
+    assert gateway_health.main(["--config", str(path), "--once"]) == 0
+    upstream = (tmp_path / "upstream.conf").read_text()
+    assert "least_conn;" in upstream
+    assert f"server {host}:{port} max_fails=1 fail_timeout=10s;  # a" in upstream
+    assert f"server {host}:{dead} max_fails=1 fail_timeout=10s down;  # b" in upstream
+    assert reloads(tmp_path) == 1
+    # nothing changed: no rewrite, no reload
+    assert gateway_health.check_once(json.loads(path.read_text())) is False
+    assert reloads(tmp_path) == 1
+    # a rolling update drains c
+    (tmp_path / "drain" / "c").write_text("")
+    assert gateway_health.check_once(json.loads(path.read_text())) is True
+    assert f"server {host}:{port} max_fails=1 fail_timeout=10s down;  # c" in (tmp_path / "upstream.conf").read_text()
+    assert "c=drained" in capsys.readouterr().out
+
+
+def test_gateway_keeps_servers_up_when_every_one_fails(tmp_path: Path) -> None:
+    dead = free_port()
+    path = config(tmp_path, [{"name": "a", "address": "127.0.0.1", "port": dead}])
+    gateway_health.check_once(json.loads(path.read_text()))
+    upstream = (tmp_path / "upstream.conf").read_text()
+    assert f"server 127.0.0.1:{dead} max_fails=1 fail_timeout=10s;  # a" in upstream  # not down: no live one
+
+
+def test_gateway_reports_a_failed_reload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = config(tmp_path, [{"name": "a", "address": "127.0.0.1", "port": free_port()}])
+    data = json.loads(path.read_text())
+    data["reload_command"] = [sys.executable, "-c", "import sys; sys.exit('nginx: bad config')"]
+    assert gateway_health.check_once(data) is True
+    assert "nginx reload failed: nginx: bad config" in capsys.readouterr().err
