@@ -40,3 +40,19 @@ def server(request: pytest.FixtureRequest) -> Server:
         )
     deployment = request.getfixturevalue("deployment")
     return deployment.server
+
+
+FIGURES: list[str] = []
+
+
+def record_figure(text: str) -> None:
+    """A measured figure (deploy time, memory, ...), printed at the end of the run."""
+    FIGURES.append(text)
+    print(f"FIGURE {text}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("measured figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, Server
+from tests.conftest import REPO, Server, record_figure
 
 MODEL = "smollm2-135m-instruct"
 INSTALL_TIMEOUT = 3600
@@ -117,7 +117,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Harness:
 def deployment(harness: Harness) -> Deployment:
     result = harness.make("install", f"MODEL={MODEL}")
     assert result.returncode == 0, f"make install failed:\n{result.output[-6000:]}"
-    print(f"FIGURE fresh make install: {result.seconds:.1f} s")
+    record_figure(f"fresh make install: {result.seconds:.1f} s")
     endpoints = yaml.safe_load(harness.endpoints_file.read_text(encoding="utf-8"))["endpoints"]
     first = endpoints[0]
     server = Server(base_url=first["base_url"], model=first["model"], api_key=first.get("api_key"))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.conftest import record_figure
 from tests.e2e.conftest import MODEL, Deployment, Harness, recap
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +56,7 @@ def test_server_memory_figure(deployment: Deployment) -> None:
             if line.startswith("Pss:"):
                 pss_kb += int(line.split()[1])
     assert pss_kb > 100_000  # a real engine with a real model, not a stub
-    print(f"FIGURE server memory (PSS of {len(pids)} processes): {pss_kb / 1024 / 1024:.2f} GiB")
+    record_figure(f"server memory (PSS of {len(pids)} processes): {pss_kb / 1024 / 1024:.2f} GiB")
 
 
 def test_api_key_is_required_and_kept_secret(deployment: Deployment) -> None:
@@ -90,7 +91,7 @@ def test_second_run_changes_nothing(deployment: Deployment, harness: Harness) ->
     counters = recap(result.output)
     assert counters["changed"] == 0, result.output[-6000:]
     assert counters["failed"] == 0
-    print(f"FIGURE idempotent re-run of make install: {result.seconds:.1f} s")
+    record_figure(f"idempotent re-run of make install: {result.seconds:.1f} s")
 
 
 def test_corrupted_model_file_fails_verification_naming_the_file(
@@ -135,4 +136,4 @@ def test_supervisor_restarts_a_killed_server(deployment: Deployment) -> None:
             pass
         time.sleep(2)
     assert ok, "the server did not come back after kill -9"
-    print(f"FIGURE server restart after kill -9 until /health 200: {time.monotonic() - killed_at:.0f} s")
+    record_figure(f"server restart after kill -9 until /health 200: {time.monotonic() - killed_at:.0f} s")

@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, record_figure
 from tests.e2e.conftest import MODEL, Harness, recap
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +68,7 @@ def lab_vars(key: str) -> dict:
 def lab(harness: Harness) -> Lab:
     up = harness.make("testhosts-up", "N=3", timeout=1800)
     assert up.returncode == 0, up.output[-4000:]
-    print(f"FIGURE testhosts-up N=3: {up.seconds:.1f} s")
+    record_figure(f"testhosts-up N=3: {up.seconds:.1f} s")
     hosts = yaml.safe_load((INVENTORY / "hosts.yml").read_text())["all"]["children"]
     servers = {name: spec["ansible_host"] for name, spec in hosts["llf_servers"]["hosts"].items()}
     [(gateway, gw)] = hosts["llf_gateway"]["hosts"].items()
@@ -110,7 +110,7 @@ def test_lab_deploys_two_servers_behind_the_gateway(harness: Harness, lab: Lab) 
     assert result.returncode == 0, result.output[-8000:]
     for host in [*lab.servers, lab.gateway]:
         assert recap(result.output, host)["failed"] == 0
-    print(f"FIGURE lab deploy (wheelhouse and model from the controller, 2 servers + gateway): {result.seconds:.1f} s")
+    record_figure(f"lab deploy (wheelhouse and model from the controller, 2 servers + gateway): {result.seconds:.1f} s")
     # no internet on the hosts: the route out goes nowhere
     probe = lab.run(next(iter(lab.servers.values())), "curl -sS -m 5 https://pypi.org/ >/dev/null")
     assert probe.returncode != 0
@@ -218,7 +218,7 @@ def test_rolling_update_under_load_loses_no_request(harness: Harness, lab: Lab, 
         for name in lab.servers:
             assert "RUNNING HANDLER [llf_server : Drain the server from the gateway]" in rollout.output
             assert recap(rollout.output, name)["changed"] > 0
-        print(f"FIGURE rolling update of 2 servers under load: {rollout.seconds:.1f} s")
+        record_figure(f"rolling update of 2 servers under load: {rollout.seconds:.1f} s")
         output, _ = load.communicate(timeout=600)
     finally:
         if load.poll() is None:
@@ -227,8 +227,8 @@ def test_rolling_update_under_load_loses_no_request(harness: Harness, lab: Lab, 
     [result_file] = list(out.glob("*.json")) or list(out.rglob("result*.json"))
     result = json.loads(result_file.read_text())
     assert result["failed"] == 0 and result["completed"] >= 10, result
-    print(
-        f"FIGURE requests through the gateway during the rollout: {result['completed']} completed, "
+    record_figure(
+        f"requests through the gateway during the rollout: {result['completed']} completed, "
         f"{result['failed']} failed"
     )
 
@@ -238,7 +238,7 @@ def test_second_run_changes_nothing(harness: Harness, lab: Lab) -> None:
     assert result.returncode == 0, result.output[-6000:]
     for host in [*lab.servers, lab.gateway]:
         assert recap(result.output, host)["changed"] == 0, result.output[-6000:]
-    print(f"FIGURE lab idempotent re-run: {result.seconds:.1f} s")
+    record_figure(f"lab idempotent re-run: {result.seconds:.1f} s")
 
 
 def test_uninstall_leaves_the_hosts_clean(harness: Harness, lab: Lab) -> None:
