@@ -9,7 +9,6 @@ than the two lab servers.
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import time
 from dataclasses import dataclass
@@ -46,24 +45,6 @@ class Lab:
         return f"https://{self.gateway_ip}:8443"
 
 
-def lab_vars(key: str) -> dict:
-    """The example lab's settings (inventories/lab), sized for one 2-core machine."""
-    settings = yaml.safe_load((REPO / "inventories/lab/group_vars/all/main.yml").read_text())
-    settings.update(
-        {
-            "llf_server_api_key": key,
-            "llf_model_name": MODEL,
-            # no compiler in the hosts and no apt mirror: eager mode, packages from the base image
-            "llf_server_enforce_eager": True,
-            "llf_host_install_compiler": False,
-            "llf_server_kv_cache_gb": 1,
-            "llf_server_start_timeout": 900,
-            "llf_server_shutdown_timeout": 60,
-        }
-    )
-    return settings
-
-
 @pytest.fixture(scope="module")
 def lab(harness: Harness) -> Lab:
     up = harness.make("testhosts-up", "N=3", timeout=1800)
@@ -72,14 +53,8 @@ def lab(harness: Harness) -> Lab:
     hosts = yaml.safe_load((INVENTORY / "hosts.yml").read_text())["all"]["children"]
     servers = {name: spec["ansible_host"] for name, spec in hosts["llf_servers"]["hosts"].items()}
     [(gateway, gw)] = hosts["llf_gateway"]["hosts"].items()
-    key = secrets.token_urlsafe(32)
-    group_vars = INVENTORY / "group_vars" / "all" / "lab.yml"
-    group_vars.write_text(yaml.safe_dump(lab_vars(key)))
-    group_vars.chmod(0o600)
-    host_vars = INVENTORY / "host_vars"
-    host_vars.mkdir(exist_ok=True)
-    for core, name in enumerate(sorted(servers)):  # one core each: two servers on two cores
-        (host_vars / f"{name}.yml").write_text(yaml.safe_dump({"llf_server_cpu_threads_bind": str(core)}))
+    # the generated inventory carries the lab's settings (tests/testhosts/lab-vars.yml) and a key
+    key = yaml.safe_load((INVENTORY / "group_vars" / "all" / "secrets.yml").read_text())["llf_testhosts_api_key"]
     key_file = gw["ansible_ssh_private_key_file"]
     ssh = [
         "ssh",

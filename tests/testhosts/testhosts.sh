@@ -440,6 +440,12 @@ write_inventory() {
     echo "# The machine's address on the test hosts' bridge (where it can serve them files)."
     echo "llf_testhosts_controller_ip: $BR_IP"
   } >"$INVENTORY_DIR/group_vars/all/testhosts.yml"
+  # LLF's settings for these hosts, and a shared API key kept across `up` runs
+  cp "$HERE/lab-vars.yml" "$INVENTORY_DIR/group_vars/all/llf.yml"
+  if [ ! -s "$INVENTORY_DIR/group_vars/all/secrets.yml" ]; then
+    (umask 077 && printf 'llf_testhosts_api_key: "%s"\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+      >"$INVENTORY_DIR/group_vars/all/secrets.yml")
+  fi
 }
 
 emit_group() {
@@ -453,12 +459,15 @@ emit_group() {
     echo "          ansible_ssh_private_key_file: '$KEY'"
     echo "          ansible_ssh_common_args: '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'"
     echo "          ansible_python_interpreter: /usr/bin/python3"
+    # each server's threads on a core of its own (two servers share this machine)
+    if [ "$group" = llf_servers ]; then
+      echo "          llf_server_cpu_threads_bind: \"$(((i - from) % $(nproc)))\""
+    fi
   done
 }
 
 remove_inventory() {
-  rm -f "$INVENTORY_DIR/hosts.yml" "$INVENTORY_DIR/group_vars/all/testhosts.yml"
-  rmdir "$INVENTORY_DIR/group_vars/all" "$INVENTORY_DIR/group_vars" "$INVENTORY_DIR" 2>/dev/null || true
+  rm -rf "$INVENTORY_DIR"
 }
 
 # ---- commands --------------------------------------------------------------------------
