@@ -199,8 +199,7 @@ def test_rolling_update_under_load_loses_no_request(harness: Harness, lab: Lab, 
         if load.poll() is None:
             load.kill()
     assert load.returncode == 0, output[-4000:]
-    [result_file] = list(out.glob("*.json")) or list(out.rglob("result*.json"))
-    result = json.loads(result_file.read_text())
+    result = json.loads((out / "result.json").read_text())
     assert result["failed"] == 0 and result["completed"] >= 10, result
     record_figure(
         f"requests through the gateway during the rollout: {result['completed']} completed, "
@@ -223,7 +222,7 @@ def test_uninstall_leaves_the_hosts_clean(harness: Harness, lab: Lab) -> None:
         "test ! -e /etc/llf && test ! -e /opt/llf && test ! -e /var/lib/llf && test ! -e /var/cache/llf"
         " && ! getent passwd llf && test ! -e /etc/nginx/conf.d/llf-gateway.conf"
         " && ! nft list table inet llf_firewall 2>/dev/null"
-        " && test ! -e /etc/systemd/system/llf-vllm.service && ! pgrep -f vllm"
+        " && test ! -e /etc/systemd/system/llf-vllm.service && ! pgrep -f '[v]llm.entrypoints'"
     )
     for host in [*lab.servers, lab.gateway]:
         outcome = lab.run(host, check)
