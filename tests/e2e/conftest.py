@@ -58,43 +58,24 @@ class Harness:
         if not self.venv_link.is_symlink():
             self.venv_link.symlink_to(REPO / "llf_venv")
 
-    def playbook(self, name: str, inventory: Path, *args: str, timeout: int = INSTALL_TIMEOUT) -> MakeResult:
-        """ansible-playbook from llf_venv, as the README shows for other inventories."""
+    def run(self, cmd: list[str], label: str, timeout: int) -> MakeResult:
+        """Run a command in the shared environment, output and error merged."""
         started = time.monotonic()
-        proc = subprocess.run(
-            [
-                str(REPO / "llf_venv" / "bin" / "ansible-playbook"),
-                "-i",
-                str(inventory),
-                str(REPO / "playbooks" / name),
-                *args,
-            ],
-            cwd=REPO,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        proc = subprocess.run(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=timeout, check=False)
         result = MakeResult(proc.returncode, proc.stdout, time.monotonic() - started)
-        print(f"ansible-playbook {name} {' '.join(args)}: exit {proc.returncode} in {result.seconds:.1f} s")
+        print(f"{label}: exit {proc.returncode} in {result.seconds:.1f} s")
         return result
 
+    def playbook(self, name: str, inventory: Path, *args: str, timeout: int = INSTALL_TIMEOUT) -> MakeResult:
+        """ansible-playbook from llf_venv, as the README shows for other inventories."""
+        cmd = [str(REPO / "llf_venv" / "bin" / "ansible-playbook"), "-i", str(inventory),
+               str(REPO / "playbooks" / name), *args]
+        return self.run(cmd, f"ansible-playbook {name} {' '.join(args)}", timeout)
+
     def make(self, *args: str, timeout: int = INSTALL_TIMEOUT) -> MakeResult:
-        started = time.monotonic()
-        proc = subprocess.run(
-            ["make", "--no-print-directory", "-C", str(REPO), f"VENV={self.venv_link}", *args],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        result = MakeResult(proc.returncode, proc.stdout, time.monotonic() - started)
-        print(f"make {' '.join(args)}: exit {proc.returncode} in {result.seconds:.1f} s")
-        return result
+        cmd = ["make", "--no-print-directory", "-C", str(REPO), f"VENV={self.venv_link}", *args]
+        return self.run(cmd, f"make {' '.join(args)}", timeout)
 
 
 def recap(output: str, host: str = "local") -> dict[str, int]:
