@@ -8,13 +8,29 @@ LLF_TEST_MODEL, LLF_TEST_API_KEY) to point the live tests at a server you alread
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script(path: Path) -> ModuleType:
+    """Import a role's module or script by its path, once per test session."""
+    loaded = sys.modules.get(path.stem)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+        return loaded
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass(frozen=True)

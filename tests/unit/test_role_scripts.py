@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
-
-def load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-wait_health = load(REPO / "roles/llf_server/files/llf_wait_health.py")
-gateway_health = load(REPO / "roles/llf_gateway/files/llf_gateway_health.py")
+wait_health = load_script(REPO / "roles/llf_server/files/llf_wait_health.py")
+gateway_health = load_script(REPO / "roles/llf_gateway/files/llf_gateway_health.py")
 
 
 class Health(http.server.BaseHTTPRequestHandler):

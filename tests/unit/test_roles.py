@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 ROLES = REPO / "roles"
 
-
-def load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-facts = load(ROLES / "llf_host" / "library" / "llf_host_facts.py")
-catalog_filters = load(ROLES / "llf_model" / "filter_plugins" / "llf_catalog.py")
+facts = load_script(ROLES / "llf_host" / "library" / "llf_host_facts.py")
+catalog_filters = load_script(ROLES / "llf_model" / "filter_plugins" / "llf_catalog.py")
 CATALOG = yaml.safe_load((REPO / "models.yml").read_text(encoding="utf-8"))
 
 

@@ -10,7 +10,6 @@ Ansible role gives it. The PyPI tests never run pip: the wheel is already in the
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -23,27 +22,19 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 from tests.fakes.fake_hub import FakeHub
 
 STAGE_PY = REPO / "roles" / "llf_model" / "files" / "llf_stage.py"
 
 
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-llf_stage = _load(STAGE_PY)
+llf_stage = load_script(STAGE_PY)
 StageError = llf_stage.StageError
 LOCK = "llf-lock.json"
 

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import zipfile
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
-_spec = importlib.util.spec_from_file_location(
-    "llf_stage_prefetch", REPO / "roles" / "llf_model" / "files" / "llf_stage.py")
-assert _spec and _spec.loader
-llf_stage = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(llf_stage)
+llf_stage = load_script(REPO / "roles" / "llf_model" / "files" / "llf_stage.py")
 
 
 def make_wheel(path: Path, member: str, payload: bytes) -> str:
