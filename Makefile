@@ -11,6 +11,11 @@ MODEL     ?=
 ARGS      ?=
 PURGE     ?= 0
 
+# Molecule (make molecule): the roles' scenarios, in the order the roles stand on each other
+MOLECULE_SCENARIOS := llf_host llf_engine llf_model llf_server llf_gateway
+ROLE      ?=
+KEEP      ?= 0
+
 # load test overrides (see loadtests/README.md)
 HOST      ?=
 USERS     ?=
@@ -83,6 +88,19 @@ lint: venv ## ansible-lint (production profile), syntax checks, ruff, mypy
 .PHONY: unit
 unit: venv ## Unit tests only (no server)
 	$(VENV)/bin/pytest -m "not e2e" tests/unit
+
+.PHONY: molecule
+molecule: venv ## Molecule scenarios of the roles on real systemd test hosts (ROLE=llf_server for one; KEEP=1 keeps the hosts)
+	@case " $(MOLECULE_SCENARIOS) " in *" $(or $(ROLE),llf_host) "*) ;; \
+	  *) echo "make molecule: ROLE must be one of: $(MOLECULE_SCENARIOS) (got '$(ROLE)')" >&2; exit 2;; esac; \
+	export PATH="$(abspath $(VENV))/bin:$$PATH"; rc=0; \
+	for scenario in $(or $(ROLE),$(MOLECULE_SCENARIOS)); do \
+	  start=$$(date +%s); \
+	  molecule test --scenario-name $$scenario --destroy never || { rc=$$?; echo "==> molecule: $$scenario failed" >&2; break; }; \
+	  echo "==> molecule: $$scenario passed in $$(( $$(date +%s) - start )) s"; \
+	done; \
+	if [ "$(KEEP)" != 1 ]; then $(MAKE) --no-print-directory testhosts-down; fi; \
+	exit $$rc
 
 .PHONY: test
 test: lint ## Lint, unit tests and the end-to-end deploy on this machine, with coverage (>= 90 %)

@@ -1,0 +1,49 @@
+"""Molecule: each role's scenario (converge, idempotence, verify) on real systemd
+hosts (systemd-nspawn, `make testhosts-up`), run the way a developer runs them, with
+`make molecule ROLE=...`. The scenarios run in the order the roles stand on each
+other, on the same hosts, which are removed at the end.
+
+Runs after the lab test removed its hosts, so one machine never runs more than one
+vLLM server here.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.conftest import record_figure
+from tests.e2e.conftest import Harness
+
+pytestmark = pytest.mark.e2e
+
+SCENARIOS = ["llf_host", "llf_engine", "llf_model", "llf_server", "llf_gateway"]
+ANSI = re.compile(r"\x1b\[[0-9;]*m|\x1b\]8;;[^\x1b]*\x1b\\\\")
+
+
+@pytest.fixture(scope="module")
+def molecule_hosts(harness: Harness):
+    harness.link_venv()
+    try:
+        yield
+    finally:
+        down = harness.make("testhosts-down", timeout=600)
+        assert down.returncode == 0, down.output[-3000:]
+
+
+def actions(output: str, scenario: str) -> dict[str, str]:
+    """Molecule's closing DETAILS: action -> outcome, for one scenario."""
+    text = ANSI.sub("", output)
+    found = re.findall(rf"^{scenario} ➜ (\w+): Executed: (\w+)", text, flags=re.MULTILINE)
+    return dict(found)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(harness: Harness, molecule_hosts: None, scenario: str) -> None:
+    result = harness.make("molecule", f"ROLE={scenario}", "KEEP=1", timeout=3600)
+    assert result.returncode == 0, ANSI.sub("", result.output)[-10000:]
+    outcome = actions(result.output, scenario)
+    for action in ("syntax", "create", "converge", "idempotence", "verify"):
+        assert outcome.get(action) == "Successful", (action, outcome)
+    record_figure(f"molecule {scenario} (converge, idempotence, verify): {result.seconds:.1f} s")
