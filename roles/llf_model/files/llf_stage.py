@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     spec_arg.add_argument("--spec", help="the catalog entry as a JSON file")
     spec_arg.add_argument("--spec-json", help="the catalog entry as JSON text")
     p_fetch.add_argument("--cache", required=True, help="where downloads are kept")
+    p_fetch.add_argument("--token-stdin", action="store_true",
+                         help="read the Hub token from the first line of stdin (never a command line)")
     p_verify = sub.add_parser("verify", help="verify a staged model against its lock")
     p_verify.add_argument("--dest", required=True)
     args = parser.parse_args(argv)
@@ -314,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify":
             result = verify(Path(args.dest))
         elif args.command == "fetch":
+            if args.token_stdin:
+                token = sys.stdin.readline().strip()
+                if token:
+                    os.environ["HF_TOKEN"] = token
             cache = Path(args.cache)
             path = fetch(read_spec(args.spec, args.spec_json), cache, cache / "snapshot")
             result = {"changed": False, "path": str(path)}
