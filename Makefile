@@ -96,6 +96,7 @@ molecule: venv ## Molecule scenarios of the roles on real systemd test hosts (RO
 	export PATH="$(abspath $(VENV))/bin:$$PATH"; rc=0; \
 	for scenario in $(or $(ROLE),$(MOLECULE_SCENARIOS)); do \
 	  start=$$(date +%s); \
+	  molecule reset --scenario-name $$scenario >/dev/null 2>&1 || true; \
 	  molecule test --scenario-name $$scenario --destroy never || { rc=$$?; echo "==> molecule: $$scenario failed" >&2; break; }; \
 	  echo "==> molecule: $$scenario passed in $$(( $$(date +%s) - start )) s"; \
 	done; \

@@ -294,7 +294,8 @@ class EndpointClient:
             api_key=endpoint.api_key or NO_KEY,
             timeout=self._timeout(timeout),
             max_retries=max_retries,
-            http_client=openai.DefaultHttpxClient(verify=endpoint.ca_cert) if endpoint.ca_cert else None,
+            http_client=(openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=endpoint.ca_cert))
+                         if endpoint.ca_cert else None),
         )
         self.http = requests.Session()
         if endpoint.ca_cert:

@@ -141,6 +141,13 @@ def load_endpoints_file(path: Path) -> list[Endpoint]:
             raise ConfigError("name and base_url are required", where=at, hint=hint)
         if any(e.name == name for e in endpoints):
             raise ConfigError(f"duplicate endpoint name {name!r}", where=at)
+        ca_cert = _optional_str(entry.get("ca_cert"), "ca_cert", at)
+        if ca_cert is not None and not Path(ca_cert).is_file():
+            raise ConfigError(
+                f"ca_cert {ca_cert} is not a file",
+                where=at,
+                hint="run the deploy again (it copies the gateway's certificate there) or correct the path",
+            )
         endpoints.append(
             Endpoint(
                 name=name,
@@ -150,7 +157,7 @@ def load_endpoints_file(path: Path) -> list[Endpoint]:
                 queue_threshold=_optional_number(
                     entry.get("queue_threshold"), "queue_threshold", at
                 ),
-                ca_cert=_optional_str(entry.get("ca_cert"), "ca_cert", at),
+                ca_cert=ca_cert,
             )
         )
     return endpoints

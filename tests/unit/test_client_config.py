@@ -331,3 +331,14 @@ def test_ca_cert_is_read_and_trusted_by_the_client(tmp_path: Path) -> None:
     assert client.http.verify == str(pem)
     plain = EndpointClient(Endpoint("local", "http://127.0.0.1:8000/v1"))
     assert plain.http.verify is True
+
+
+def test_missing_ca_cert_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    pem = tmp_path / "gone" / "gateway.pem"
+    text = f"endpoints:\n  - {{name: gw, base_url: 'https://10.0.0.9:8443/v1', ca_cert: '{pem}'}}\n"
+    with pytest.raises(ConfigError) as err:
+        load_endpoints_file(write(tmp_path / "e.yml", text))
+    message = err.value.one_line()
+    assert f"ca_cert {pem} is not a file" in message
+    assert "run the deploy again" in message
+    assert "\n" not in message
