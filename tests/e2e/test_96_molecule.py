@@ -35,7 +35,8 @@ def molecule_hosts(harness: Harness):
 def actions(output: str, scenario: str) -> dict[str, str]:
     """Molecule's closing DETAILS: action -> outcome, for one scenario."""
     text = ANSI.sub("", output)
-    found = re.findall(rf"^{scenario} ➜ (\w+): Executed: (\w+)", text, flags=re.MULTILINE)
+    # "llf_host ➜ verify: Executed: Successful", with ">" for the arrow when not on a terminal
+    found = re.findall(rf"^{scenario} (?:➜|>) (\w+): Executed: (\w+)", text, flags=re.MULTILINE)
     return dict(found)
 
 
