@@ -19,7 +19,7 @@ from tests.e2e.conftest import Harness
 pytestmark = pytest.mark.e2e
 
 SCENARIOS = ["llf_host", "llf_engine", "llf_model", "llf_server", "llf_gateway"]
-ANSI = re.compile(r"\x1b\[[0-9;]*m|\x1b\]8;;[^\x1b]*\x1b\\\\")
+ANSI = re.compile(r"\x1b\[[0-9;]*m|\x1b\]8;;[^\x1b]*\x1b\\")  # colours; hyperlinks (ESC ] 8 ;; url ESC \)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,8 @@ def molecule_hosts(harness: Harness):
         assert down.returncode == 0, down.output[-3000:]
 
 
-def actions(output: str, scenario: str) -> dict[str, str]:
-    """Molecule's closing DETAILS: action -> outcome, for one scenario."""
-    text = ANSI.sub("", output)
+def actions(text: str, scenario: str) -> dict[str, str]:
+    """Molecule's closing DETAILS (colours removed): action -> outcome, for one scenario."""
     # "llf_host ➜ verify: Executed: Successful", with ">" for the arrow when not on a terminal
     found = re.findall(rf"^{scenario} (?:➜|>) (\w+): Executed: (\w+)", text, flags=re.MULTILINE)
     return dict(found)
@@ -43,11 +42,12 @@ def actions(output: str, scenario: str) -> dict[str, str]:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_molecule_scenario(harness: Harness, molecule_hosts: None, scenario: str) -> None:
     result = harness.make("molecule", f"ROLE={scenario}", "KEEP=1", timeout=3600)
-    assert result.returncode == 0, ANSI.sub("", result.output)[-10000:]
-    outcome = actions(result.output, scenario)
+    text = ANSI.sub("", result.output)
+    assert result.returncode == 0, text[-10000:]
+    outcome = actions(text, scenario)
     for action in ("syntax", "create", "converge", "idempotence", "verify"):
         assert outcome.get(action) == "Successful", (action, outcome)
     # it ran on the hosts: a play with no hosts would have "succeeded" too
-    recaps = re.findall(r"^\W*(llf-th\d+)\s+: ok=(\d+)\s+changed=(\d+)", ANSI.sub("", result.output), re.MULTILINE)
+    recaps = re.findall(r"^\W*(llf-th\d+)\s+: ok=(\d+)\s+changed=(\d+)", text, re.MULTILINE)
     assert recaps and all(int(ok) > 0 for _, ok, _ in recaps), recaps
     record_figure(f"molecule {scenario} (converge, idempotence, verify): {result.seconds:.1f} s")
