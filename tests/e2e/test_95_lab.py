@@ -24,6 +24,14 @@ from tests.e2e.conftest import MODEL, Harness, recap
 pytestmark = pytest.mark.e2e
 
 INVENTORY = REPO / "tests" / "testhosts" / "inventory"
+UNINSTALLED_PATHS = (
+    "/etc/llf",
+    "/opt/llf",
+    "/var/lib/llf",
+    "/var/cache/llf",
+    "/etc/nginx/conf.d/llf-gateway.conf",
+    "/etc/systemd/system/llf-vllm.service",
+)
 
 
 @dataclass
@@ -218,12 +226,14 @@ def test_second_run_changes_nothing(harness: Harness, lab: Lab) -> None:
 def test_uninstall_leaves_the_hosts_clean(harness: Harness, lab: Lab) -> None:
     result = harness.playbook("uninstall.yml", INVENTORY, "-e", "llf_model_purge=true")
     assert result.returncode == 0, result.output[-6000:]
-    check = (
-        "test ! -e /etc/llf && test ! -e /opt/llf && test ! -e /var/lib/llf && test ! -e /var/cache/llf"
-        " && ! getent passwd llf && test ! -e /etc/nginx/conf.d/llf-gateway.conf"
-        " && ! nft list table inet llf_firewall 2>/dev/null"
-        " && test ! -e /etc/systemd/system/llf-vllm.service && ! pgrep -f '[v]llm.entrypoints'"
-    )
+    # each check prints what it found, so a failure names what was left behind
+    checks = [
+        *(f"if test -e {path}; then ls -ld {path}; false; fi" for path in UNINSTALLED_PATHS),
+        "! getent passwd llf",
+        "! nft list table inet llf_firewall 2>/dev/null",
+        "! pgrep -af '[v]llm.entrypoints'",
+    ]
+    check = "rc=0; " + "".join(f"{{ {c}; }} || rc=1; " for c in checks) + "exit $rc"
     for host in [*lab.servers, lab.gateway]:
         outcome = lab.run(host, check)
         assert outcome.returncode == 0, f"{host} is not clean: {outcome.stdout}{outcome.stderr}"

@@ -13,12 +13,13 @@ import re
 
 import pytest
 
-from tests.conftest import record_figure
+from tests.conftest import REPO, record_figure
 from tests.e2e.conftest import Harness
 
 pytestmark = pytest.mark.e2e
 
-SCENARIOS = ["llf_host", "llf_engine", "llf_model", "llf_server", "llf_gateway"]
+# the order the roles stand on each other, as `make molecule` runs them
+SCENARIOS = re.search(r"^MOLECULE_SCENARIOS := (.+)$", (REPO / "Makefile").read_text(), re.MULTILINE)[1].split()
 ANSI = re.compile(r"\x1b\[[0-9;]*m|\x1b\]8;;[^\x1b]*\x1b\\")  # colours; hyperlinks (ESC ] 8 ;; url ESC \)
 
 
@@ -30,6 +31,12 @@ def molecule_hosts(harness: Harness):
     finally:
         down = harness.make("testhosts-down", timeout=600)
         assert down.returncode == 0, down.output[-3000:]
+
+
+def test_every_scenario_runs() -> None:
+    """A scenario added under molecule/ but missing from the Makefile would never run."""
+    found = {path.parent.name for path in (REPO / "molecule").glob("*/molecule.yml")}
+    assert sorted(SCENARIOS) == sorted(found)
 
 
 def actions(text: str, scenario: str) -> dict[str, str]:
