@@ -414,8 +414,12 @@ down_host() {  # down_host NAME [signalled]: power off (unless already asked), t
     rm -f "/run/systemd/nspawn/locks/inode-$(stat -c %d:%i "$d/root")"
   fi
   umount_under "$d/root"
+  # the veth first: deleting the namespace removes it too, but later (the kernel tears
+  # namespaces down in the background), so "show, then del" could race with it
+  if ip link show "ve-$name" >/dev/null 2>&1 && ! ip link del "ve-$name" 2>/dev/null; then
+    ! ip link show "ve-$name" >/dev/null 2>&1 || die "$name: could not delete ve-$name"
+  fi
   if [ -e "/run/netns/$name" ]; then ip netns del "$name"; fi
-  if ip link show "ve-$name" >/dev/null 2>&1; then ip link del "ve-$name"; fi
   remove_tree "$d"
   rm -rf "/run/systemd/nspawn/propagate/$name"
   echo "    $name: down in $(since "$t0")"
