@@ -66,8 +66,9 @@ def test_api_key_is_required_and_kept_secret(deployment: Deployment) -> None:
     assert requests.get(f"{root}/v1/models", timeout=10).status_code == 401
     ok = requests.get(f"{root}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
     assert ok.status_code == 200
+    # read by the service user, written only by root
     mode = stat.S_IMODE(SECRETS.stat().st_mode)
-    assert mode == 0o600 and SECRETS.owner() == "llf"
+    assert mode == 0o640 and SECRETS.owner() == "root" and SECRETS.group() == "llf"
     assert stat.S_IMODE(deployment.endpoints_file.stat().st_mode) == 0o600
     # never on a command line, in a world-readable file or in the deploy's output
     ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
