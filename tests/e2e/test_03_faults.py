@@ -83,9 +83,11 @@ def test_a_killed_vllm_process_comes_back_by_itself(supervised: Deployment, name
     assert oldest_pid(PROCESSES["API server"]) != pid
     record_figure(f"supervisor: kill -9 of {name} until answering again: {seconds:.0f} s")
     # nothing of the killed server is left behind
-    servers = subprocess.run(["pgrep", "-c", "-u", "llf", "-f", PROCESSES["API server"]], capture_output=True,
-                             text=True, check=False).stdout.strip()
-    assert servers == "1", f"{servers} API servers run after the restart"
+    for process, pattern in PROCESSES.items():
+        count = subprocess.run(["pgrep", "-c", "-u", "llf", "-f", pattern], capture_output=True, text=True,
+                               check=False).stdout.strip()
+        assert count == "1", f"{count} {process} processes run after the restart"
+
 
 
 def test_a_deliberate_stop_stays_stopped_and_a_warm_restart_hits_the_compile_cache(supervised: Deployment) -> None:

@@ -9,6 +9,7 @@ than the two lab servers.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -138,6 +139,68 @@ def test_firewall_opens_the_api_port_only_to_the_gateway_and_controller(lab: Lab
     assert lab.run(lab.gateway, f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {url}").stdout == "200"
     assert requests.get(url, timeout=10).status_code == 200  # the controller
     assert lab.run(second, f"curl -sS -m 5 {url}").returncode != 0  # another server: dropped
+
+
+# the processes of one vLLM server, as the kernel names them (vLLM sets the titles)
+VLLM_PROCESSES = {
+    "API server": "vllm.entrypoints.openai.api_server",
+    "VLLM::EngineCore": "^VLLM::EngineCore",
+    "VLLM::Worker": "^VLLM::Worker",
+}
+
+
+def server_answers(address: str, key: str) -> bool:
+    """A real one-token completion, straight from the controller (the firewall lets it in)."""
+    try:
+        response = requests.post(
+            f"http://{address}:8000/v1/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": MODEL, "prompt": "Hello", "max_tokens": 1, "temperature": 0},
+            timeout=10,
+        )
+    except requests.RequestException:
+        return False
+    return response.status_code == 200
+
+
+def test_systemd_brings_back_each_killed_vllm_process(lab: Lab) -> None:
+    name, address = sorted(lab.servers.items())[0]
+    assert server_answers(address, lab.key)
+    for process, pattern in VLLM_PROCESSES.items():
+        pid = lab.run(name, f"pgrep -o -u llf -f '{pattern}'").stdout.strip()
+        assert pid, f"no {process} on {name}"
+        assert lab.run(name, f"kill -9 {pid}").returncode == 0
+        killed = time.monotonic()
+        while server_answers(address, lab.key) and time.monotonic() - killed < 60:
+            time.sleep(0.2)
+        while not server_answers(address, lab.key):
+            assert time.monotonic() - killed < 300, f"{name} did not answer within 300 s after kill -9 of {process}"
+            time.sleep(0.5)
+        record_figure(f"systemd (lab): kill -9 of {process} until answering again: {time.monotonic() - killed:.0f} s")
+    restarts = lab.run(name, "systemctl show -p NRestarts --value llf-vllm").stdout.strip()
+    assert int(restarts) >= len(VLLM_PROCESSES), restarts
+    assert lab.run(name, "pgrep -c -u llf -f vllm.entrypoints.openai.api_server").stdout.strip() == "1"
+
+
+def test_systemd_unit_exposure_is_low(lab: Lab) -> None:
+    name = sorted(lab.servers)[0]
+    report = lab.run(name, "systemd-analyze security --no-pager llf-vllm.service")
+    exposure = float(re.search(r"Overall exposure level for llf-vllm.service: ([0-9.]+)", report.stdout).group(1))
+    record_figure(f"systemd-analyze security llf-vllm (lab): {exposure}")
+    assert exposure <= 3.0, report.stdout
+
+
+def test_systemd_start_that_cannot_succeed_fails_the_deploy_within_a_minute(harness: Harness, lab: Lab) -> None:
+    name, address = sorted(lab.servers.items())[0]
+    bad = deploy(harness, "--limit", name, "-e", '{"llf_server_extra_args": {"no-such-engine-option": 1}}')
+    assert bad.returncode != 0
+    assert re.search(r"Cause: .*no.such.engine.option", bad.output), bad.output[-4000:]
+    timings = [float(t) for t in re.findall(r"started again after (\d+) s", bad.output)]
+    assert timings and timings[0] < 60, bad.output[-4000:]
+    record_figure(f"systemd (lab): deploy with a bad engine argument failed {timings[0]:.0f} s into the start")
+    good = deploy(harness, "--limit", name)
+    assert good.returncode == 0, good.output[-4000:]
+    assert server_answers(address, lab.key)
 
 
 def test_rolling_update_under_load_loses_no_request(harness: Harness, lab: Lab, tmp_path: Path) -> None:
