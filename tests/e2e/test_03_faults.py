@@ -32,8 +32,12 @@ PROCESSES = {
 }
 
 
+# this machine's own processes only: test hosts' processes are visible here too
+PGREP = ["pgrep", "--ns", str(os.getpid()), "--nslist", "pid", "-u", "llf", "-f"]
+
+
 def oldest_pid(pattern: str) -> int | None:
-    found = subprocess.run(["pgrep", "-o", "-u", "llf", "-f", pattern], capture_output=True, text=True, check=False)
+    found = subprocess.run([*PGREP[:-1], "-o", "-f", pattern], capture_output=True, text=True, check=False)
     return int(found.stdout.split()[0]) if found.stdout.strip() else None
 
 
@@ -84,7 +88,7 @@ def test_a_killed_vllm_process_comes_back_by_itself(supervised: Deployment, name
     record_figure(f"supervisor: kill -9 of {name} until answering again: {seconds:.0f} s")
     # nothing of the killed server is left behind
     for process, pattern in PROCESSES.items():
-        count = subprocess.run(["pgrep", "-c", "-u", "llf", "-f", pattern], capture_output=True, text=True,
+        count = subprocess.run([*PGREP[:-1], "-c", "-f", pattern], capture_output=True, text=True,
                                check=False).stdout.strip()
         assert count == "1", f"{count} {process} processes run after the restart"
 
