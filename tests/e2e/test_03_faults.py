@@ -119,7 +119,7 @@ def test_a_deliberate_stop_stays_stopped_and_a_warm_restart_hits_the_compile_cac
 def test_a_start_that_cannot_succeed_fails_the_deploy_within_a_minute(
     supervised: Deployment, harness: Harness
 ) -> None:
-    bad = harness.make("install", f"MODEL={MODEL}", 'ARGS=-e {"llf_server_extra_args": {"no-such-engine-option": 1}}',
+    bad = harness.make("install", f"MODEL={MODEL}", "ARGS=-e '{\"llf_server_extra_args\": {\"no-such-engine-option\": 1}}'",
                        timeout=900)
     assert bad.returncode != 0
     assert "did not answer" in bad.output and "Last 50 lines of its log" in bad.output
