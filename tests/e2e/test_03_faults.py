@@ -108,19 +108,30 @@ def test_a_deliberate_stop_stays_stopped_and_a_warm_restart_hits_the_compile_cac
     record_figure(f"supervisor: warm restart (stopped, started) until answering: {seconds:.0f} s")
     with LOG.open(encoding="utf-8", errors="replace") as log:
         log.seek(offset)
-        started_log = log.read()
-    compile_lines = [line for line in started_log.splitlines() if re.search(r"(?i)compil", line)]
-    print("\n".join(compile_lines[-10:]))
-    assert "finalize_loading" not in started_log
-    # Inductor's cache in the state directory, not recompiled from scratch
-    assert Path("/var/lib/llf/server/cache/inductor").is_dir()
-
+        restart_log = log.read()
+    assert "finalize_loading" not in restart_log
+    # what each step of a start costs, cold (the deploy's first start) and warm (this one)
+    whole_log = LOG.read_text(encoding="utf-8", errors="replace")
+    steps = {
+        "weights": r"Loading weights took ([0-9.]+)",
+        "engine init (compile, KV cache, warm-up)":
+            r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+)",
+    }
+    for step, pattern in steps.items():
+        found = re.findall(pattern, whole_log)
+        if found:
+            record_figure(f"supervisor: {step}: cold {float(found[0]):.1f} s, warm {float(found[-1]):.1f} s")
+    # Inductor's cache in the state directory was hit: the restart compiled nothing new
+    cache = Path("/var/lib/llf/server/cache/inductor")
+    assert cache.is_dir() and any(cache.iterdir())
+    fresh = [path for path in cache.rglob("*.so") if path.stat().st_mtime > time.time() - seconds - 5]
+    assert not fresh, f"the restart compiled again: {fresh[:3]}"
 
 def test_a_start_that_cannot_succeed_fails_the_deploy_within_a_minute(
     supervised: Deployment, harness: Harness
 ) -> None:
-    bad = harness.make("install", f"MODEL={MODEL}", "ARGS=-e '{\"llf_server_extra_args\": {\"no-such-engine-option\": 1}}'",
-                       timeout=900)
+    bad_arg = "ARGS=-e '{\"llf_server_extra_args\": {\"no-such-engine-option\": 1}}'"
+    bad = harness.make("install", f"MODEL={MODEL}", bad_arg, timeout=900)
     assert bad.returncode != 0
     assert "did not answer" in bad.output and "Last 50 lines of its log" in bad.output
     assert re.search(r"Cause: .*no.such.engine.option", bad.output), bad.output[-4000:]

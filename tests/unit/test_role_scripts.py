@@ -77,7 +77,8 @@ def states(tmp_path: Path, *outputs: str) -> list[str]:
 @pytest.mark.parametrize(
     "outputs",
     [
-        ("llf-vllm  STARTING", "llf-vllm  RUNNING   pid 101, uptime 0:00:12", "llf-vllm  RUNNING   pid 202, uptime 0:00:01"),
+        ("llf-vllm  STARTING", "llf-vllm  RUNNING   pid 101, uptime 0:00:12",
+         "llf-vllm  RUNNING   pid 202, uptime 0:00:01"),
         ("ActiveState=activating\nNRestarts=0", "ActiveState=activating\nNRestarts=1"),
     ],
     ids=["supervisor-new-pid", "systemd-restart-count"],
