@@ -46,9 +46,8 @@ def _opens_with(payload: str, password: str) -> bool:
 def llf_published_vault_files(sources: list[str], password: str = PUBLISHED_VAULT_PASSWORD) -> list[str]:
     """The vars files under the inventories' group_vars/ and host_vars/ that the published password opens."""
     found = []
-    for source in sources:
-        base = Path(source)
-        base = base if base.is_dir() else base.parent
+    bases = dict.fromkeys(Path(source) if Path(source).is_dir() else Path(source).parent for source in sources)
+    for base in bases:
         for sub in VARS_DIRS:
             if not (base / sub).is_dir():
                 continue

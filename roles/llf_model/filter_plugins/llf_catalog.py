@@ -107,7 +107,7 @@ def llf_model_fleet_conflicts(fleet: list[str], hostvars: Mapping[str, Any]) -> 
         served[host] = (str(selected["served_name"]), str(hostvars[host].get("llf_model_name", "auto")))
     if len({name for name, _ in served.values()}) <= 1:
         return ""
-    return ", ".join(f"{host} {name} (llf_model_name={requested})" for host, (name, requested) in served.items())
+    return ", ".join(f"{host}: {name} (llf_model_name={requested})" for host, (name, requested) in served.items())
 
 
 class FilterModule:
