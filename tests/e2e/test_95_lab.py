@@ -1,6 +1,8 @@
 """Many hosts: two vLLM servers and a TLS gateway on real systemd hosts with no
 internet (systemd-nspawn, `make testhosts-up`), a rolling update under load that
-loses no request, the allowlist, the firewall, idempotence and uninstall.
+loses no request, the allowlist, the firewall, idempotence and uninstall. Before the
+deploy, cheap preflight refusals: the example lab's published vault outside the test
+hosts, and servers behind one gateway that would serve different models.
 
 Runs after the local deployment was uninstalled, so one machine never runs more
 than the two lab servers.
@@ -65,6 +67,10 @@ def lab(harness: Harness) -> Lab:
     # the generated inventory carries the lab's settings (tests/testhosts/lab-vars.yml) and a key
     key = yaml.safe_load((INVENTORY / "group_vars" / "all" / "secrets.yml").read_text())["llf_testhosts_api_key"]
     key_file = gw["ansible_ssh_private_key_file"]
+    # the hosts' keys as `make testhosts-up` recorded them from their disks: checked, never learnt
+    known_hosts = re.search(r"UserKnownHostsFile=(\S+)", gw["ansible_ssh_common_args"])
+    assert known_hosts and "StrictHostKeyChecking=yes" in gw["ansible_ssh_common_args"], gw
+    assert Path(known_hosts.group(1)).read_text().count(f"{gw['ansible_host']},{gateway} ") >= 1
     ssh = [
         "ssh",
         "-i",
@@ -72,9 +78,9 @@ def lab(harness: Harness) -> Lab:
         "-o",
         "BatchMode=yes",
         "-o",
-        "StrictHostKeyChecking=no",
+        "StrictHostKeyChecking=yes",
         "-o",
-        "UserKnownHostsFile=/dev/null",
+        f"UserKnownHostsFile={known_hosts.group(1)}",
         "-o",
         "LogLevel=ERROR",
     ]
@@ -87,6 +93,51 @@ def lab(harness: Harness) -> Lab:
 
 def deploy(harness: Harness, *args: str):
     return harness.playbook("deploy.yml", INVENTORY, *args)
+
+
+def test_published_lab_vault_is_refused_outside_the_test_hosts(harness: Harness, tmp_path: Path) -> None:
+    password = tmp_path / "vault-password"
+    password.write_text("llf-lab-example\n")
+    password.chmod(0o600)
+    # even with the test lab's marker, hosts off the test hosts' network are refused
+    result = harness.playbook(
+        "deploy.yml", REPO / "inventories" / "lab", "--vault-password-file", str(password),
+        "-e", "llf_testhosts_lab=true", "-e", "llf_testhosts_controller_ip=10.231.0.1", timeout=600)
+    assert result.returncode != 0, result.output[-3000:]
+    assert "would get the example lab's published secrets, which anyone can read" in result.output
+    assert "group_vars/all/vault.yml opens with the published password llf-lab-example" in result.output
+    assert "llf_server_api_key holds the published example value" in result.output
+    assert "create your own vault" in result.output
+    assert "PLAY [Check the LLF servers" not in result.output  # stopped before any host was contacted
+    record_figure(f"published vault refused: {result.seconds:.1f} s")
+
+
+def test_published_key_is_allowed_on_the_test_hosts(harness: Harness, lab: Lab) -> None:
+    result = deploy(harness, "-e", "llf_server_api_key=change-me-to-a-long-random-key", "--tags", "llf_fleet_trust")
+    assert result.returncode == 0, result.output[-3000:]
+    for host in [*lab.servers, lab.gateway]:
+        assert f"ok: [{host}]" in result.output.split("published vault outside the test hosts]", 1)[1]
+
+
+def test_servers_that_would_serve_different_models_are_refused(harness: Harness, lab: Lab, tmp_path: Path) -> None:
+    (first, _), (second, _) = sorted(lab.servers.items())
+    other = "qwen2.5-coder-1.5b-instruct"
+    override = tmp_path / "override.yml"  # a second inventory source: one host's own model
+    override.write_text(yaml.safe_dump(
+        {"all": {"children": {"llf_servers": {"hosts": {second: {"llf_model_name": other}}}}}}))
+    result = deploy(harness, "-i", str(override))
+    assert result.returncode != 0, result.output[-3000:]
+    assert f"does not fit {second}:" not in result.output, result.output[-3000:]  # it fits: the refusal is the mix
+    assert (
+        f"The servers behind one gateway must serve one model, but they would serve: {first}: {MODEL} "
+        f"(llf_model_name={MODEL}), {second}: {other} (llf_model_name={other}). Set llf_model_name"
+    ) in result.output
+    assert "PLAY [Deploy" not in result.output
+    for host in [*lab.servers, lab.gateway]:
+        assert recap(result.output, host)["changed"] == 0
+        untouched = lab.run(host, "test ! -e /etc/llf && test ! -e /opt/llf && test ! -e /var/lib/llf")
+        assert untouched.returncode == 0, f"{host} was changed"
+    record_figure(f"different models behind one gateway refused in preflight: {result.seconds:.1f} s")
 
 
 def test_lab_deploys_two_servers_behind_the_gateway(harness: Harness, lab: Lab) -> None:
@@ -135,10 +186,18 @@ def test_gateway_allows_only_the_inference_paths_with_the_key(harness: Harness, 
 
 def test_firewall_opens_the_api_port_only_to_the_gateway_and_controller(lab: Lab) -> None:
     (first, first_ip), (second, _) = sorted(lab.servers.items())
+    # on by default: the servers bind 0.0.0.0 and the lab leaves llf_server_firewall at auto
+    for name in lab.servers:
+        assert lab.run(name, "nft list table inet llf_firewall").returncode == 0, name
     url = f"http://{first_ip}:8000/health"
     assert lab.run(lab.gateway, f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {url}").stdout == "200"
     assert requests.get(url, timeout=10).status_code == 200  # the controller
     assert lab.run(second, f"curl -sS -m 5 {url}").returncode != 0  # another server: dropped
+    # vLLM answers its non-inference routes without the key: only the firewall keeps other hosts off them
+    assert requests.get(f"http://{first_ip}:8000/version", timeout=10).status_code == 200  # the controller
+    for path in ["/version", "/metrics", "/tokenize"]:
+        probe = lab.run(second, f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' http://{first_ip}:8000{path}")
+        assert probe.returncode != 0 and probe.stdout in ("", "000"), f"{path} answered {probe.stdout} from {second}"
 
 
 # the processes of one vLLM server, as the kernel names them (vLLM sets the titles)
