@@ -309,9 +309,7 @@ def test_rolling_update_and_a_killed_worker_under_load(harness: Harness, lab: La
         f"{len(failed)} failed ({len(failed) - len(late)} in flight or sent before the health checker noticed "
         f"the kill, {len(late)} after)"
     )
-    assert not late, late[:3]
-    rollout_failed = [s for s in failed if s["start"] >= back_at]
-    assert not rollout_failed, rollout_failed[:3]
+    assert not late, late[:3]  # this covers the rollout too, which started after the server came back
 
 
 def test_second_run_changes_nothing(harness: Harness, lab: Lab) -> None:
