@@ -3,6 +3,7 @@ internet (systemd-nspawn, `make testhosts-up`), a rolling update under load that
 loses no request, the allowlist, the firewall, idempotence and uninstall. Before the
 deploy, cheap preflight refusals: the example lab's published vault outside the test
 hosts, and servers behind one gateway that would serve different models.
+Also: a killed engine worker the gateway routes around, named client keys with limits.
 
 Runs after the local deployment was uninstalled, so one machine never runs more
 than the two lab servers.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
 import time
 from dataclasses import dataclass
@@ -33,7 +35,10 @@ UNINSTALLED_PATHS = (
     "/var/lib/llf",
     "/var/cache/llf",
     "/etc/nginx/conf.d/llf-gateway.conf",
+    "/etc/nginx/conf.d/llf-gateway-keys.conf",
+    "/var/log/nginx/llf-gateway.access.log",
     "/etc/systemd/system/llf-vllm.service",
+    "/etc/systemd/system/llf-gateway-health.service",
 )
 
 
@@ -42,7 +47,8 @@ class Lab:
     servers: dict[str, str]  # name -> address
     gateway: str
     gateway_ip: str
-    key: str
+    key: str  # the servers' own key, which no client holds
+    client_key: str  # the lab-user client's key at the gateway
     ssh: list[str]
 
     def run(self, host: str, command: str) -> subprocess.CompletedProcess[str]:
@@ -55,6 +61,19 @@ class Lab:
     def gateway_url(self) -> str:
         return f"https://{self.gateway_ip}:8443"
 
+    def ca(self, harness: Harness) -> str:
+        return str(Path(harness.env["LLF_CONFIG"]).parent / f"gateway-{self.gateway}.pem")
+
+    def controller_key(self, harness: Harness) -> str:
+        """The controller's client key, which the deploy wrote to the endpoints file."""
+        endpoints = yaml.safe_load(Path(harness.env["LLF_CONFIG"]).read_text())["endpoints"]
+        return next(e["api_key"] for e in endpoints if e["name"] == f"{self.gateway}-gateway")
+
+    def vllm_pids(self) -> dict[str, str]:
+        """Each server's llf-vllm main PID and start time: a restart changes them."""
+        show = "systemctl show -P MainPID llf-vllm; systemctl show -P ActiveEnterTimestampMonotonic llf-vllm"
+        return {name: self.run(name, show).stdout.strip() for name in self.servers}
+
 
 @pytest.fixture(scope="module")
 def lab(harness: Harness) -> Lab:
@@ -65,7 +84,7 @@ def lab(harness: Harness) -> Lab:
     servers = {name: spec["ansible_host"] for name, spec in hosts["llf_servers"]["hosts"].items()}
     [(gateway, gw)] = hosts["llf_gateway"]["hosts"].items()
     # the generated inventory carries the lab's settings (tests/testhosts/lab-vars.yml) and a key
-    key = yaml.safe_load((INVENTORY / "group_vars" / "all" / "secrets.yml").read_text())["llf_testhosts_api_key"]
+    generated = yaml.safe_load((INVENTORY / "group_vars" / "all" / "secrets.yml").read_text())
     key_file = gw["ansible_ssh_private_key_file"]
     # the hosts' keys as `make testhosts-up` recorded them from their disks: checked, never learnt
     known_hosts = re.search(r"UserKnownHostsFile=(\S+)", gw["ansible_ssh_common_args"])
@@ -85,7 +104,8 @@ def lab(harness: Harness) -> Lab:
         "LogLevel=ERROR",
     ]
     try:
-        yield Lab(servers, gateway, gw["ansible_host"], key, ssh)
+        yield Lab(servers, gateway, gw["ansible_host"], generated["llf_testhosts_api_key"],
+                  generated["llf_testhosts_client_key"], ssh)
     finally:
         down = harness.make("testhosts-down", timeout=600)
         assert down.returncode == 0, down.output[-3000:]
@@ -169,15 +189,34 @@ def test_smoke_through_the_gateway_and_each_server(harness: Harness, lab: Lab) -
 
 
 def test_gateway_allows_only_the_inference_paths_with_the_key(harness: Harness, lab: Lab) -> None:
-    ca = str(Path(harness.env["LLF_CONFIG"]).parent / f"gateway-{lab.gateway}.pem")
-    auth = {"Authorization": f"Bearer {lab.key}"}
-    assert requests.get(f"{lab.gateway_url}/v1/models", headers=auth, verify=ca, timeout=30).status_code == 200
-    assert requests.get(f"{lab.gateway_url}/v1/models", verify=ca, timeout=30).status_code == 401
-    wrong = {"Authorization": "Bearer not-the-key"}
-    assert requests.get(f"{lab.gateway_url}/v1/models", headers=wrong, verify=ca, timeout=30).status_code == 401
+    ca = lab.ca(harness)
+    auth = {"Authorization": f"Bearer {lab.client_key}"}
+    models = f"{lab.gateway_url}/v1/models"
+    assert requests.get(models, headers=auth, verify=ca, timeout=30).status_code == 200
+    # the scheme word may be any case (HTTP says so); the key may not
+    lower = {"Authorization": f"bearer {lab.client_key}"}
+    assert requests.get(models, headers=lower, verify=ca, timeout=30).status_code == 200
+    assert requests.get(models, headers={"Authorization": f"Bearer {lab.controller_key(harness)}"}, verify=ca,
+                        timeout=30).status_code == 200
+    refused = {
+        "no key": {},
+        "a wrong key": {"Authorization": "Bearer not-the-key"},
+        "an upper-cased key": {"Authorization": f"Bearer {lab.client_key.upper()}"},
+        "the servers' own key": {"Authorization": f"Bearer {lab.key}"},
+        "a key with a suffix": {"Authorization": f"Bearer {lab.client_key}x"},
+    }
+    for what, headers in refused.items():
+        response = requests.get(models, headers=headers, verify=ca, timeout=30)
+        assert response.status_code == 401, what
+        assert response.json()["error"]["code"] == "invalid_api_key", what
     for path in ["/tokenize", "/metrics", "/pause", "/invocations", "/v1/load_lora_adapter"]:
         response = requests.post(f"{lab.gateway_url}{path}", headers=auth, json={}, verify=ca, timeout=30)
         assert response.status_code == 404, path
+    # no version in nginx's headers; TLS 1.1 is refused
+    assert requests.get(f"{lab.gateway_url}/health", verify=ca, timeout=30).headers["Server"] == "nginx"
+    tls11 = subprocess.run(["openssl", "s_client", "-connect", f"{lab.gateway_ip}:8443", "-tls1_1"],
+                           input="", capture_output=True, text=True, timeout=30, check=False)
+    assert tls11.returncode != 0 and "Cipher is (NONE)" in tls11.stdout, tls11.stdout[-2000:]
     # behind it, vLLM's --api-key alone leaves such a route open: why the gateway refuses it
     server_ip = next(iter(lab.servers.values()))
     tokenize = requests.post(f"http://{server_ip}:8000/tokenize", json={"model": MODEL, "prompt": "hi"}, timeout=30)
@@ -262,13 +301,52 @@ def test_systemd_start_that_cannot_succeed_fails_the_deploy_within_a_minute(harn
     assert server_answers(address, lab.key)
 
 
-def test_rolling_update_under_load_loses_no_request(harness: Harness, lab: Lab, tmp_path: Path) -> None:
+def test_gateway_health_checker_runs_unprivileged_in_a_sandbox(lab: Lab) -> None:
+    user = lab.run(lab.gateway, "systemctl show -P User llf-gateway-health; systemctl is-active llf-gateway-health")
+    assert user.stdout.split() == ["llf-gateway", "active"], user.stdout + user.stderr
+    security = lab.run(lab.gateway, "systemd-analyze security --no-pager llf-gateway-health")
+    level = re.search(r"Overall exposure level for llf-gateway-health.service: ([0-9.]+)", security.stdout)
+    assert level, security.stdout + security.stderr
+    record_figure(f"systemd-analyze security llf-gateway-health (gateway's health checker): {level.group(1)}")
+    assert float(level.group(1)) <= 3.0, security.stdout
+
+
+def gateway_changes(lab: Lab, since: float) -> list[tuple[float, str]]:
+    """The health checker's upstream changes since a time: (unix time, 'a=down, b=up')."""
+    journal = lab.run(
+        lab.gateway, f"journalctl -u llf-gateway-health -o short-unix --no-pager --since @{int(since) - 1}"
+    )
+    changes = []
+    for line in journal.stdout.splitlines():
+        stamp, _, rest = line.partition(" ")
+        if "upstream changed: " in rest and float(stamp) >= since:
+            changes.append((float(stamp), rest.split("upstream changed: ", 1)[1]))
+    return changes
+
+
+def wait_for_change(lab: Lab, since: float, state: str, timeout: float) -> float:
+    """When the health checker first wrote `state` (e.g. 'llf-tg1=down') after `since`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for stamp, states in gateway_changes(lab, since):
+            if state in states.split(", "):
+                return stamp
+        time.sleep(2)
+    raise AssertionError(f"the gateway's health checker did not write {state} within {timeout:.0f} s")
+
+
+def test_rolling_update_and_a_killed_worker_under_load(harness: Harness, lab: Lab, tmp_path: Path) -> None:
+    """One load run through the gateway: first kill -9 one server's engine worker (the
+    gateway routes around it until the server restarts by itself), then a rolling update
+    of both servers. No request that started after the health checker noticed fails."""
     slo = tmp_path / "slo.yaml"
     slo.write_text(
         yaml.safe_dump(
             {
                 "min_samples": 10,
-                "targets": ["error_rate <= 0 %"],
+                # requests the killed server took before the health checker noticed may fail
+                # (fast, so possibly many): the test counts them from the raw samples below
+                "targets": ["error_rate <= 100 %"],
                 "validity": {
                     "client_cpu_percent": 100,
                     "schedule_lag_ms": 100000,
@@ -278,11 +356,7 @@ def test_rolling_update_under_load_loses_no_request(harness: Harness, lab: Lab, 
             }
         )
     )
-    env = dict(
-        harness.env,
-        LLF_API_KEY=lab.key,
-        REQUESTS_CA_BUNDLE=str(Path(harness.env["LLF_CONFIG"]).parent / f"gateway-{lab.gateway}.pem"),
-    )
+    env = dict(harness.env, LLF_API_KEY=lab.controller_key(harness), REQUESTS_CA_BUNDLE=lab.ca(harness))
     out = tmp_path / "results"
     load = subprocess.Popen(
         [
@@ -297,7 +371,7 @@ def test_rolling_update_under_load_loses_no_request(harness: Harness, lab: Lab, 
             "--users",
             "2",
             "--duration",
-            "240s",
+            "330s",
             "--warmup",
             "5s",
             "--scenario",
@@ -315,9 +389,21 @@ def test_rolling_update_under_load_loses_no_request(harness: Harness, lab: Lab, 
         stderr=subprocess.STDOUT,
         text=True,
     )
+    victim = sorted(lab.servers)[0]
     try:
         time.sleep(20)
         assert load.poll() is None, load.communicate()[0][-3000:]
+        # 1. the engine's worker dies (the OOM killer's pick); the server restarts by itself
+        killed_at = time.time()
+        kill = lab.run(victim, "pkill -9 -f '^VLLM::Worker'")
+        assert kill.returncode == 0, f"no VLLM::Worker process on {victim}: {kill.stderr}"
+        noticed_at = wait_for_change(lab, killed_at, f"{victim}=down", 60)
+        back_at = wait_for_change(lab, noticed_at, f"{victim}=up", 600)
+        record_figure(
+            f"gateway, kill -9 of {victim}'s VLLM::Worker under load: out of the gateway "
+            f"{noticed_at - killed_at:.1f} s after the kill, for {back_at - noticed_at:.1f} s"
+        )
+        # 2. a rolling update of both servers
         rollout = deploy(harness, "-e", '{"llf_server_extra_env": {"LLF_ROLLOUT": "2"}}')
         assert rollout.returncode == 0, rollout.output[-8000:]
         for name in lab.servers:
@@ -330,11 +416,21 @@ def test_rolling_update_under_load_loses_no_request(harness: Harness, lab: Lab, 
             load.kill()
     assert load.returncode == 0, output[-4000:]
     result = json.loads((out / "result.json").read_text())
-    assert result["failed"] == 0 and result["completed"] >= 10, result
+    assert result["completed"] >= 10, result
+    samples = [
+        record
+        for path in (out / "raw").glob("*.jsonl")
+        for record in map(json.loads, path.read_text().splitlines())
+        if record.get("ev") == "sample"
+    ]
+    failed = [s for s in samples if not s["success"]]
+    late = [s for s in failed if s["start"] >= noticed_at]
     record_figure(
-        f"requests through the gateway during the rollout: {result['completed']} completed, "
-        f"{result['failed']} failed"
+        f"requests through the gateway during the kill and the rollout: {len(samples) - len(failed)} completed, "
+        f"{len(failed)} failed ({len(failed) - len(late)} in flight or sent before the health checker noticed "
+        f"the kill, {len(late)} after)"
     )
+    assert not late, late[:3]  # this covers the rollout too, which started after the server came back
 
 
 def test_second_run_changes_nothing(harness: Harness, lab: Lab) -> None:
@@ -343,6 +439,42 @@ def test_second_run_changes_nothing(harness: Harness, lab: Lab) -> None:
     for host in [*lab.servers, lab.gateway]:
         assert recap(result.output, host)["changed"] == 0, result.output[-6000:]
     record_figure(f"lab idempotent re-run: {result.seconds:.1f} s")
+
+
+def test_gateway_revokes_a_client_and_limits_another_without_restarting_servers(
+    harness: Harness, lab: Lab, tmp_path: Path
+) -> None:
+    """After the idempotence check: the gateway alone is redeployed with lab-user removed
+    and a client allowed one request a minute; the servers keep running."""
+    before = lab.vllm_pids()
+    tiny_key = secrets.token_urlsafe(24)
+    clients = tmp_path / "clients.yml"
+    clients.write_text(
+        yaml.safe_dump({"llf_gateway_clients": [{"name": "tiny", "key": tiny_key, "requests_per_minute": 1}]})
+    )
+    result = deploy(harness, "--limit", lab.gateway, "-e", f"@{clients}")
+    assert result.returncode == 0, result.output[-6000:]
+    assert recap(result.output, lab.gateway)["changed"] > 0
+    record_figure(f"gateway-only redeploy (a client revoked, one added): {result.seconds:.1f} s")
+    ca, models = lab.ca(harness), f"{lab.gateway_url}/v1/models"
+
+    revoked = requests.get(models, headers={"Authorization": f"Bearer {lab.client_key}"}, verify=ca, timeout=30)
+    assert revoked.status_code == 401
+    assert requests.get(models, headers={"Authorization": f"Bearer {lab.controller_key(harness)}"}, verify=ca,
+                        timeout=30).status_code == 200
+    tiny = {"Authorization": f"Bearer {tiny_key}"}
+    assert requests.get(models, headers=tiny, verify=ca, timeout=30).status_code == 200
+    limited = requests.get(models, headers=tiny, verify=ca, timeout=30)
+    assert limited.status_code == 429
+    assert limited.headers["Retry-After"] == "60"
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+
+    assert lab.vllm_pids() == before, "a gateway-only deploy restarted a server"
+    log = lab.run(lab.gateway, "cat /var/log/nginx/llf-gateway.access.log").stdout
+    for name in ("client=tiny", "client=lab-user", "client=controller"):
+        assert name in log
+    for key in (tiny_key, lab.client_key, lab.key, lab.controller_key(harness)):
+        assert key not in log
 
 
 def test_uninstall_leaves_the_hosts_clean(harness: Harness, lab: Lab) -> None:
@@ -354,11 +486,17 @@ def test_uninstall_leaves_the_hosts_clean(harness: Harness, lab: Lab) -> None:
         "! getent passwd llf",
         "! nft list table inet llf_firewall 2>/dev/null",
         "! pgrep -af '[v]llm.entrypoints'",
+        "! getent passwd llf-gateway",
+        # the deploy enabled nginx on the gateway (installed but off in the test hosts' base)
+        "! systemctl is-enabled nginx",
+        "! systemctl is-active nginx",
+        "! ss -Hltn 'sport = :80' | grep .",
     ]
     check = "rc=0; " + "".join(f"{{ {c}; }} || rc=1; " for c in checks) + "exit $rc"
     for host in [*lab.servers, lab.gateway]:
         outcome = lab.run(host, check)
         assert outcome.returncode == 0, f"{host} is not clean: {outcome.stdout}{outcome.stderr}"
+    assert not list(Path(harness.env["LLF_CONFIG"]).parent.glob("gateway-*.pem")), "the controller kept the certificate"
     again = harness.playbook("uninstall.yml", INVENTORY, "-e", "llf_model_purge=true")
     assert again.returncode == 0
     for host in [*lab.servers, lab.gateway]:

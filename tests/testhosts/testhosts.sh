@@ -471,6 +471,11 @@ write_inventory() {
     (umask 077 && printf 'llf_testhosts_api_key: "%s"\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
       >"$INVENTORY_DIR/group_vars/all/secrets.yml")
   fi
+  # the key of the gateway client lab-vars.yml lists (lab-user)
+  if ! grep -q '^llf_testhosts_client_key:' "$INVENTORY_DIR/group_vars/all/secrets.yml"; then
+    (umask 077 && printf 'llf_testhosts_client_key: "%s"\n' "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+      >>"$INVENTORY_DIR/group_vars/all/secrets.yml")
+  fi
 }
 
 emit_group() {

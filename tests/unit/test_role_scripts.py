@@ -170,3 +170,13 @@ def test_gateway_reports_a_failed_reload(tmp_path: Path, capsys: pytest.CaptureF
     data["reload_command"] = [sys.executable, "-c", "import sys; sys.exit('nginx: bad config')"]
     assert gateway_health.check_once(data) is True
     assert "nginx reload failed: nginx: bad config" in capsys.readouterr().err
+
+
+def test_gateway_without_a_reload_command_only_writes_the_file(tmp_path: Path) -> None:
+    path = config(tmp_path, [{"name": "a", "address": "127.0.0.1", "port": free_port()}])
+    data = json.loads(path.read_text())
+    del data["reload_command"]  # the service: a systemd path unit reloads nginx
+    assert gateway_health.check_once(data) is True
+    assert "# a" in (tmp_path / "upstream.conf").read_text()
+    assert reloads(tmp_path) == 0
+    assert gateway_health.check_once(data) is False

@@ -185,3 +185,30 @@ def test_every_role_has_the_expected_layout() -> None:
     for role in role_names():
         assert (ROLES / role / "tasks" / "main.yml").is_file()
         assert (ROLES / role / "defaults" / "main.yml").is_file()
+
+
+# --- llf_gateway's nginx maps ------------------------------------------------------
+
+def render_gateway_keys(clients: list[dict[str, str]]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLES / "llf_gateway" / "templates"))
+    env.filters["comment"] = lambda text: f"# {text}"
+    return env.get_template("llf-gateway-keys.conf.j2").render(
+        ansible_managed="managed", __llf_gateway_clients_effective=clients, __llf_gateway_server_key="servers-key"
+    )
+
+
+def test_gateway_client_keys_match_exactly_but_the_scheme_in_any_case() -> None:
+    import re
+
+    key = "Ab.c+d/e=f~g_h-0123456789"
+    text = render_gateway_keys([{"name": "alice", "key": key}, {"name": "bob", "key": "b" * 20}])
+    patterns = {name: pattern for pattern, name in re.findall(r'^\s+"~(.+)" "([a-z]+)";$', text, re.M)}
+    assert set(patterns) == {"alice", "bob"}
+    alice = re.compile(patterns["alice"])  # nginx uses PCRE; these constructs mean the same in Python
+    assert alice.search(f"Bearer {key}") and alice.search(f"bearer {key}") and alice.search(f"BEARER  {key}")
+    for wrong in (f"Bearer {key.upper()}", f"Bearer {key.lower()}", f"Bearer {key}x", f"Bearer x{key}",
+                  f"Bearer {key.replace('.', 'X')}", f"Bearer {key.replace('+', '')}", f"Basic {key}", key):
+        assert not alice.search(wrong), wrong
+    assert 'default "Bearer servers-key";' in text

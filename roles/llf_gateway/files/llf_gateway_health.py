@@ -4,7 +4,9 @@
 Every few seconds GET /health on each backend; a backend that fails, or that a
 rolling update has drained (a file named after it in the drain directory), is
 written as `down` in nginx's upstream file, and nginx is reloaded when that file
-changes. A reload is graceful: requests in flight finish on the old workers.
+changes (with `reload_command` in the configuration; else a systemd path unit
+that watches the file does it, so this checker needs no privilege). A reload is
+graceful: requests in flight finish on the old workers.
 
     llf_gateway_health.py --config /etc/llf/gateway/backends.json [--once]
 """
@@ -65,6 +67,8 @@ def check_once(config: dict) -> bool:
         f"{n}={'drained' if n in drained else ('up' if ok else 'down')}" for n, ok in sorted(up.items())
     )
     print(f"upstream changed: {states}", flush=True)
+    if not config.get("reload_command"):
+        return True
     result = subprocess.run(config["reload_command"], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         print(f"nginx reload failed: {(result.stderr or result.stdout).strip()}", file=sys.stderr, flush=True)
