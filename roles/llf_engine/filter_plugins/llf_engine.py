@@ -8,7 +8,8 @@ REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", re.MULTI
 # pip's report of a file whose sha256 is not the locked one
 MISMATCH = re.compile(
     r"^\s+(?P<req>\S+) from (?P<url>\S+?)(?: \(from [^\n]*\))?:[ \t]*\n"
-    r"\s+Expected sha256 (?P<expected>[0-9a-f]+)\s*\n"
+    r"\s+Expected sha256 (?P<expected>[0-9a-f]+)[ \t]*\n"
+    r"(?P<others>(?:\s+Expected\s+or [0-9a-f]+[ \t]*\n)*)"
     r"\s+Got\s+(?P<got>[0-9a-f]+)",
     re.MULTILINE,
 )
@@ -43,8 +44,9 @@ def llf_engine_pip_refusal(output: str, lock: str, mode: str, wheelhouse: str = 
     url = first["url"]
     name = url.rsplit("/", 1)[-1]
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-    what = (f"pip refused {first['req']} ({name}){more}: its sha256 is {first['got']}, "
-            f"not {first['expected']} as the lock {lock} records")
+    hashes = [first["expected"], *re.findall(r"[0-9a-f]{64}", first["others"])]
+    locked = f"not {hashes[0]} as" if len(hashes) == 1 else f"none of the {len(hashes)}"
+    what = f"pip refused {first['req']} ({name}){more}: its sha256 is {first['got']}, {locked} the lock {lock} records"
     if mode == "wheelhouse":
         todo = (f"the controller's copy was altered or damaged; delete {wheelhouse} on the controller "
                 "and run the deploy again to download it afresh")
