@@ -87,7 +87,7 @@ lock: venv ## Regenerate the engine's hash-locked requirements (roles/llf_engine
 lint: venv ## ansible-lint (production profile), syntax checks, ruff, mypy
 	$(VENV)/bin/ansible-lint --profile production
 	$(VENV)/bin/ansible-playbook -i $(INVENTORY) --syntax-check playbooks/deploy.yml playbooks/uninstall.yml
-	$(VENV)/bin/ruff check llf_client loadtests tests roles
+	$(VENV)/bin/ruff check llf_client loadtests tests roles playbooks
 	$(VENV)/bin/mypy llf_client loadtests
 
 .PHONY: unit

@@ -57,3 +57,16 @@ def test_wrongly_typed_variable_is_rejected(harness: Harness) -> None:
 def test_out_of_range_port_is_refused(harness: Harness) -> None:
     output = refused(harness, "MODEL=smollm2-135m-instruct", "ARGS=-e llf_server_port=80")
     assert "check llf_server_port (1024-65535, is 80)" in output
+
+
+def test_engine_arguments_llf_owns_are_refused(harness: Harness) -> None:
+    # an api-key here would land in the world-readable vllm.yaml
+    args = "ARGS=-e '{\"llf_server_extra_args\": {\"api-key\": \"s3cr3t-Kx9\", \"port\": 9000, \"max-num-seqs\": 4}}'"
+    output = refused(harness, "MODEL=smollm2-135m-instruct", args)
+    assert "api-key, port cannot be set through llf_server_extra_args" in output
+    assert "s3cr3t-Kx9" not in output
+
+
+def test_environment_names_a_shell_cannot_take_are_refused(harness: Harness) -> None:
+    output = refused(harness, "MODEL=smollm2-135m-instruct", "ARGS=-e '{\"llf_server_extra_env\": {\"A|B\": \"1\"}}'")
+    assert "llf_server_extra_env on local has names that are not environment variable names (A|B)" in output

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -66,8 +64,9 @@ def test_api_key_is_required_and_kept_secret(deployment: Deployment) -> None:
     assert requests.get(f"{root}/v1/models", timeout=10).status_code == 401
     ok = requests.get(f"{root}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
     assert ok.status_code == 200
+    # read by the service user, written only by root
     mode = stat.S_IMODE(SECRETS.stat().st_mode)
-    assert mode == 0o600 and SECRETS.owner() == "llf"
+    assert mode == 0o640 and SECRETS.owner() == "root" and SECRETS.group() == "llf"
     assert stat.S_IMODE(deployment.endpoints_file.stat().st_mode) == 0o600
     # never on a command line, in a world-readable file or in the deploy's output
     ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
@@ -114,26 +113,3 @@ def test_corrupted_model_file_fails_verification_naming_the_file(
     models = requests.get(f"{deployment.server.root_url}/v1/models",
                           headers={"Authorization": f"Bearer {key}"}, timeout=10)
     assert models.status_code == 200
-
-
-def test_supervisor_restarts_a_killed_server(deployment: Deployment) -> None:
-    if os.path.exists("/run/systemd/system"):
-        pytest.skip("systemd host: restart is systemd's Restart=on-failure")
-    pid = subprocess.run(["pgrep", "-o", "-u", "llf", "-f", "vllm.entrypoints.openai.api_server"],
-                         capture_output=True, text=True, check=True).stdout.split()[0]
-    os.kill(int(pid), 9)
-    killed_at = time.monotonic()
-    ok = False
-    for _ in range(180):
-        try:
-            if requests.get(f"{deployment.server.root_url}/health", timeout=2).status_code == 200:
-                new = subprocess.run(["pgrep", "-o", "-u", "llf", "-f", "vllm.entrypoints.openai.api_server"],
-                                     capture_output=True, text=True, check=False).stdout.split()
-                if new and new[0] != pid:
-                    ok = True
-                    break
-        except requests.RequestException:
-            pass
-        time.sleep(2)
-    assert ok, "the server did not come back after kill -9"
-    record_figure(f"server restart after kill -9 until /health 200: {time.monotonic() - killed_at:.0f} s")

@@ -38,6 +38,7 @@ BASE_FORMAT=2   # bump when customise_base changes: the cached base is then rebu
 BASE=$WORK/base
 HOSTS=$WORK/hosts
 KEY=$WORK/id_ed25519
+KNOWN_HOSTS=$WORK/known_hosts   # every host's ssh host keys, read from its own disk
 STAMP=$WORK/base.stamp
 NET=${BR_IP%.*}   # first three octets of the /24
 
@@ -82,8 +83,25 @@ ssh_host() {  # ssh_host IP CMD...; only ever to the hosts' own addresses
   local ip=$1
   shift
   [[ $ip == "$NET".* ]] || die "refusing to ssh to $ip (not a test host address)"
-  ssh -F /dev/null -q -i "$KEY" -o BatchMode=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null -o ConnectTimeout=2 -o LogLevel=ERROR "root@$ip" "$@"
+  ssh -F /dev/null -q -i "$KEY" -o BatchMode=yes -o StrictHostKeyChecking=yes \
+    -o UserKnownHostsFile="$KNOWN_HOSTS" -o ConnectTimeout=2 -o LogLevel=ERROR "root@$ip" "$@"
+}
+
+# The ssh host keys of hosts 1..N, read from their disks on this machine (the keys are
+# made by prepare_host, never learnt over the network), as known_hosts lines for their
+# addresses and names: ssh and Ansible check every host against them.
+write_known_hosts() {
+  local n=$1 i name tmp pub
+  tmp=$(mktemp "$WORK/.known_hosts.XXXXXX")
+  for ((i = 1; i <= n; i++)); do
+    name=$(host_name "$i")
+    for pub in "$HOSTS/$name/root/etc/ssh/"ssh_host_*_key.pub; do
+      [ -s "$pub" ] || die "$name has no ssh host key in $HOSTS/$name/root/etc/ssh"
+      awk -v who="$(host_ip "$i"),$name" '{ print who, $1, $2 }' "$pub" >>"$tmp"
+    done
+  done
+  chmod 644 "$tmp"
+  mv "$tmp" "$KNOWN_HOSTS"
 }
 
 # names of the hosts that have a folder, sorted by index
@@ -443,6 +461,9 @@ write_inventory() {
     echo "# Written by tests/testhosts/testhosts.sh: do not edit."
     echo "# The machine's address on the test hosts' bridge (where it can serve them files)."
     echo "llf_testhosts_controller_ip: $BR_IP"
+    echo "# This inventory is the generated test lab: the example lab's published vault"
+    echo "# (inventories/lab) may be used here, on these addresses only."
+    echo "llf_testhosts_lab: true"
   } >"$INVENTORY_DIR/group_vars/all/testhosts.yml"
   # LLF's settings for these hosts, and a shared API key kept across `up` runs
   cp "$HERE/lab-vars.yml" "$INVENTORY_DIR/group_vars/all/llf.yml"
@@ -461,7 +482,7 @@ emit_group() {
     echo "          ansible_host: $(host_ip "$i")"
     echo "          ansible_user: root"
     echo "          ansible_ssh_private_key_file: '$KEY'"
-    echo "          ansible_ssh_common_args: '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'"
+    echo "          ansible_ssh_common_args: '-o StrictHostKeyChecking=yes -o UserKnownHostsFile=$KNOWN_HOSTS'"
     echo "          ansible_python_interpreter: /usr/bin/python3"
     # each server's threads on a core of its own (two servers share this machine)
     if [ "$group" = llf_servers ]; then
@@ -523,6 +544,7 @@ cmd_up() {
     install -m 600 "$KEY.pub" "$HOSTS/$name/root/root/.ssh/authorized_keys"
   done
   write_etc_hosts "$n"
+  write_known_hosts "$n"
   local -a t_start=()
   for i in "${to_boot[@]}"; do
     t_start[i]=$(now)
@@ -545,7 +567,7 @@ cmd_up() {
   write_inventory "$n"
   log "$n host(s) up in $(since "$t_all")"
   echo "    inventory: $INVENTORY_DIR/hosts.yml"
-  echo "    ssh:       ssh -i $KEY root@$(host_ip 1)"
+  echo "    ssh:       ssh -i $KEY -o UserKnownHostsFile=$KNOWN_HOSTS root@$(host_ip 1)"
 }
 
 remove_run_dirs() {  # what `ip netns add` and systemd-nspawn made, once nothing else uses it
@@ -584,6 +606,7 @@ cmd_down() {
   if ip link show "$BR" >/dev/null 2>&1; then ip link del "$BR"; fi
   remove_run_dirs
   remove_inventory
+  rm -f "$KNOWN_HOSTS"
   log "down in $(since "$t0") (base kept in $BASE; make testhosts-clean deletes it)"
 }
 
@@ -669,7 +692,7 @@ cmd_clean() {
   log "deleting the cached base and the key in $WORK"
   remove_tree "$BASE.tmp"
   remove_tree "$BASE"
-  rm -f "$KEY" "$KEY.pub" "$STAMP" "$WORK/debootstrap.log" "$WORK/apt.log" "$WORK/.lock"
+  rm -f "$KEY" "$KEY.pub" "$KNOWN_HOSTS" "$STAMP" "$WORK/debootstrap.log" "$WORK/apt.log" "$WORK/.lock"
   rmdir "$WORK" 2>/dev/null || true
 }
 

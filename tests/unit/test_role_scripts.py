@@ -59,6 +59,52 @@ def test_wait_fails_fast_when_the_service_gave_up(capsys: pytest.CaptureFixture[
     assert "the service stopped trying" in capsys.readouterr().err
 
 
+def states(tmp_path: Path, *outputs: str) -> list[str]:
+    """A status command that prints the given outputs one per call (then the last one again)."""
+    script = tmp_path / "status.py"
+    counter = tmp_path / "calls"
+    script.write_text(
+        "import pathlib, sys\n"
+        f"outputs = {list(outputs)!r}\n"
+        f"counter = pathlib.Path({str(counter)!r})\n"
+        "n = int(counter.read_text()) if counter.exists() else 0\n"
+        "counter.write_text(str(n + 1))\n"
+        "print(outputs[min(n, len(outputs) - 1)])\n"
+    )
+    return [sys.executable, str(script)]
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        ("llf-vllm  STARTING", "llf-vllm  RUNNING   pid 101, uptime 0:00:12",
+         "llf-vllm  RUNNING   pid 202, uptime 0:00:01"),
+        ("ActiveState=activating\nNRestarts=0", "ActiveState=activating\nNRestarts=1"),
+    ],
+    ids=["supervisor-new-pid", "systemd-restart-count"],
+)
+def test_wait_fails_fast_when_the_start_crash_loops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], outputs: tuple[str, ...]
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/health"
+    assert wait_health.wait(url, 600, states(tmp_path, *outputs), interval=0.01) == 1
+    assert "exited while starting and was started again" in capsys.readouterr().err
+
+
+def test_wait_keeps_waiting_while_the_same_start_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}/health"
+    command = states(tmp_path, "ActiveState=activating\nNRestarts=0")
+    assert wait_health.wait(url, 0.3, command, interval=0.05) == 1
+    assert "did not answer 200 within" in capsys.readouterr().err
+
+
+def test_wait_fails_fast_on_backoff_and_failed(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/health"
+    for name, output in [("supervisor", "llf-vllm  BACKOFF  Exited too quickly"), ("systemd", "ActiveState=failed")]:
+        (tmp_path / name).mkdir()
+        assert wait_health.wait(url, 600, states(tmp_path / name, output), interval=0.01) == 1
+
+
 def test_wait_times_out(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}/health"
     assert wait_health.wait(url, 0.2, [sys.executable, "-c", "print('STARTING')"], interval=0.05) == 1

@@ -156,7 +156,8 @@ def test_gpu_build_checks_gpu_memory() -> None:
 
 
 def test_filter_module_exports() -> None:
-    assert set(catalog_filters.FilterModule().filters()) == {"llf_catalog_errors", "llf_model_candidates"}
+    assert set(catalog_filters.FilterModule().filters()) == {
+        "llf_catalog_errors", "llf_model_candidates", "llf_model_fleet_pick", "llf_model_fleet_conflicts"}
 
 
 # --- role layout: defaults and argument specs in sync ---------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 REQUIRED_KEYS = ("source", "served_name", "params_b", "memory_gb", "disk_gb")
@@ -78,9 +79,42 @@ def llf_model_candidates(catalog: dict[str, Any], host: dict[str, Any], build: s
     return sorted(result, key=lambda item: float(item.get("params_b", 0)), reverse=True)
 
 
+def llf_model_fleet_pick(usable: list[str], others: list[list[str]], default: str) -> str:
+    """The largest model every server of the fleet can serve.
+
+    `usable` lists the models this host can serve (fits and can be fetched), largest
+    first; `others` the same lists of the other servers behind the gateway. The first
+    name that every list holds, else the catalog's default (whose fit is checked next).
+    """
+    for name in usable:
+        if all(name in other for other in others):
+            return name
+    return default
+
+
+def llf_model_fleet_conflicts(fleet: list[str], hostvars: Mapping[str, Any]) -> str:
+    """'' when the servers of the fleet would serve one model, else who serves what.
+
+    Servers not in this run (--limit) or that stopped before choosing are left out.
+    """
+    served: dict[str, tuple[str, str]] = {}
+    for host in fleet:
+        if host not in hostvars:
+            continue
+        selected = hostvars[host].get("llf_model_selected")
+        if not isinstance(selected, Mapping) or "served_name" not in selected:
+            continue
+        served[host] = (str(selected["served_name"]), str(hostvars[host].get("llf_model_name", "auto")))
+    if len({name for name, _ in served.values()}) <= 1:
+        return ""
+    return ", ".join(f"{host}: {name} (llf_model_name={requested})" for host, (name, requested) in served.items())
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "llf_catalog_errors": catalog_errors,
             "llf_model_candidates": llf_model_candidates,
+            "llf_model_fleet_pick": llf_model_fleet_pick,
+            "llf_model_fleet_conflicts": llf_model_fleet_conflicts,
         }

@@ -1,0 +1,163 @@
+"""Faults on the local deployment (supervisor where systemd is not PID 1): every vLLM
+process killed comes back by itself, a start that cannot succeed fails the deploy in
+under a minute naming the cause, and a warm restart reuses the compile cache.
+
+The same kills under systemd run on the test hosts (test_95_lab.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import Server, record_figure
+from tests.e2e.conftest import MODEL, Deployment, Harness
+
+pytestmark = pytest.mark.e2e
+
+SUPERVISORCTL = ["/opt/llf/supervisor/bin/supervisorctl", "-c", "/etc/llf/supervisord.conf"]
+LOG = Path("/var/log/llf/llf-vllm.log")
+# the processes of one vLLM server, as the kernel names them (vLLM sets the titles)
+PROCESSES = {
+    "API server": "vllm.entrypoints.openai.api_server",
+    "VLLM::EngineCore": "^VLLM::EngineCore",
+    "VLLM::Worker": "^VLLM::Worker",
+}
+
+
+# this machine's own processes only: test hosts' processes are visible here too
+PGREP = ["pgrep", "--ns", str(os.getpid()), "--nslist", "pid", "-u", "llf", "-f"]
+
+
+def oldest_pid(pattern: str) -> int | None:
+    found = subprocess.run([*PGREP[:-1], "-o", "-f", pattern], capture_output=True, text=True, check=False)
+    return int(found.stdout.split()[0]) if found.stdout.strip() else None
+
+
+def answers(server: Server) -> bool:
+    """A real (one-token) completion succeeds."""
+    try:
+        response = requests.post(
+            f"{server.base_url}/completions",
+            headers={"Authorization": f"Bearer {server.api_key}"},
+            json={"model": server.model, "prompt": "Hello", "max_tokens": 1, "temperature": 0},
+            timeout=10,
+        )
+    except requests.RequestException:
+        return False
+    return response.status_code == 200
+
+
+def wait_answering(server: Server, timeout: float = 300) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if answers(server):
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise AssertionError(f"the server did not answer again within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def supervised(deployment: Deployment) -> Deployment:
+    if os.path.exists("/run/systemd/system"):
+        pytest.skip("systemd is PID 1 here: these faults run under systemd on the test hosts")
+    assert answers(deployment.server)
+    return deployment
+
+
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_a_killed_vllm_process_comes_back_by_itself(supervised: Deployment, name: str) -> None:
+    pid = oldest_pid(PROCESSES[name])
+    assert pid, f"no {name} process found"
+    os.kill(pid, 9)
+    killed = time.monotonic()
+    # it goes down (the API server exits 0 when its engine dies) ...
+    while answers(supervised.server) and time.monotonic() - killed < 60:
+        time.sleep(0.2)
+    # ... and answers again with no one doing anything
+    wait_answering(supervised.server)
+    seconds = time.monotonic() - killed
+    assert oldest_pid(PROCESSES["API server"]) != pid
+    record_figure(f"supervisor: kill -9 of {name} until answering again: {seconds:.0f} s")
+    # nothing of the killed server is left behind
+    for process, pattern in PROCESSES.items():
+        count = subprocess.run([*PGREP[:-1], "-c", "-f", pattern], capture_output=True, text=True,
+                               check=False).stdout.strip()
+        assert count == "1", f"{count} {process} processes run after the restart"
+
+
+
+def test_a_deliberate_stop_stays_stopped_and_a_warm_restart_hits_the_compile_cache(supervised: Deployment) -> None:
+    subprocess.run([*SUPERVISORCTL, "stop", "llf-vllm"], check=True, capture_output=True, timeout=120)
+    time.sleep(5)
+    assert not answers(supervised.server)
+    assert "STOPPED" in subprocess.run([*SUPERVISORCTL, "status", "llf-vllm"], capture_output=True, text=True,
+                                       check=False).stdout
+    offset = LOG.stat().st_size
+    started = time.monotonic()
+    subprocess.run([*SUPERVISORCTL, "start", "llf-vllm"], check=True, capture_output=True, timeout=120)
+    wait_answering(supervised.server)
+    seconds = time.monotonic() - started
+    record_figure(f"supervisor: warm restart (stopped, started) until answering: {seconds:.0f} s")
+    with LOG.open(encoding="utf-8", errors="replace") as log:
+        log.seek(offset)
+        restart_log = log.read()
+    assert "finalize_loading" not in restart_log
+    # what each step of a start costs, cold (the deploy's first start) and warm (this one)
+    whole_log = LOG.read_text(encoding="utf-8", errors="replace")
+    steps = {
+        "weights": r"Loading weights took ([0-9.]+)",
+        "engine init (compile, KV cache, warm-up)":
+            r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+)",
+    }
+    for step, pattern in steps.items():
+        found = re.findall(pattern, whole_log)
+        if found:
+            record_figure(f"supervisor: {step}: cold {float(found[0]):.1f} s, warm {float(found[-1]):.1f} s")
+    # Inductor's cache in the state directory was hit: the restart compiled nothing new
+    cache = Path("/var/lib/llf/server/cache/inductor")
+    assert cache.is_dir() and any(cache.iterdir())
+    fresh = [path for path in cache.rglob("*.so") if path.stat().st_mtime > time.time() - seconds - 5]
+    assert not fresh, f"the restart compiled again: {fresh[:3]}"
+
+def test_a_start_that_cannot_succeed_fails_the_deploy_within_a_minute(
+    supervised: Deployment, harness: Harness
+) -> None:
+    bad_arg = "ARGS=-e '{\"llf_server_extra_args\": {\"no-such-engine-option\": 1}}'"
+    bad = harness.make("install", f"MODEL={MODEL}", bad_arg, timeout=900)
+    assert bad.returncode != 0
+    assert "did not answer" in bad.output and "Last 50 lines of its log" in bad.output
+    assert re.search(r"Cause: .*no.such.engine.option", bad.output), bad.output[-4000:]
+    waited = re.search(r"Wait for /health to answer 200.*?\n(.*?)\n(?:TASK|RUNNING|fatal)", bad.output, re.S)
+    timings = [float(t) for t in re.findall(r"started again after (\d+) s", bad.output)]
+    assert timings and timings[0] < 60, waited.group(0) if waited else bad.output[-3000:]
+    record_figure(f"supervisor: deploy with a bad engine argument failed {timings[0]:.0f} s into the start")
+    # the good settings bring it back
+    good = harness.make("install", f"MODEL={MODEL}", timeout=900)
+    assert good.returncode == 0, good.output[-4000:]
+    assert answers(supervised.server)
+
+
+def test_a_taken_port_fails_the_start_within_a_minute(supervised: Deployment, harness: Harness) -> None:
+    subprocess.run([*SUPERVISORCTL, "stop", "llf-vllm"], check=True, capture_output=True, timeout=120)
+    port = int(supervised.server.root_url.rsplit(":", 1)[1])
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen()
+    try:
+        bad = harness.make("install", f"MODEL={MODEL}", timeout=900)
+        assert bad.returncode != 0
+        assert re.search(r"Cause: .*(?i:address already in use)", bad.output), bad.output[-4000:]
+    finally:
+        squatter.close()
+    good = harness.make("install", f"MODEL={MODEL}", timeout=900)
+    assert good.returncode == 0, good.output[-4000:]
+    assert answers(supervised.server)
