@@ -10,6 +10,7 @@ LIMIT     ?=
 MODEL     ?=
 ARGS      ?=
 PURGE     ?= 0
+LOCK_ARGS ?=
 
 # Molecule (make molecule): the roles' scenarios, in the order the roles stand on each other
 MOLECULE_SCENARIOS := llf_host llf_engine llf_model llf_server llf_gateway
@@ -77,6 +78,10 @@ loadtest: venv ## Load-test the deployed endpoint (HOST= USERS= RATE= DURATION= 
 	$(VENV)/bin/python -m loadtests run $(if $(HOST),--host $(HOST)) $(if $(USERS),--users $(USERS)) \
 	  $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(SCENARIO),--scenario $(SCENARIO)) \
 	  $(if $(SLO),--slo $(SLO)) $(if $(WORKERS),--workers $(WORKERS))
+
+.PHONY: lock
+lock: venv ## Regenerate the engine's hash-locked requirements (roles/llf_engine/files/locks/; LOCK_ARGS='--python 3.12')
+	$(VENV)/bin/python roles/llf_engine/files/llf_engine_lock.py $(LOCK_ARGS)
 
 .PHONY: lint
 lint: venv ## ansible-lint (production profile), syntax checks, ruff, mypy
