@@ -1,6 +1,8 @@
 """Faults on the local deployment (supervisor where systemd is not PID 1): every vLLM
 process killed comes back by itself, a start that cannot succeed fails the deploy in
 under a minute naming the cause, and a warm restart reuses the compile cache.
+(A taken port fails the same way, `Cause: OSError: [Errno 98] Address already in use`;
+checked by hand, left out of `make test` for its two extra restarts.)
 
 The same kills under systemd run on the test hosts (test_95_lab.py).
 """
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -144,20 +145,3 @@ def test_a_start_that_cannot_succeed_fails_the_deploy_within_a_minute(
     assert good.returncode == 0, good.output[-4000:]
     assert answers(supervised.server)
 
-
-def test_a_taken_port_fails_the_start_within_a_minute(supervised: Deployment, harness: Harness) -> None:
-    subprocess.run([*SUPERVISORCTL, "stop", "llf-vllm"], check=True, capture_output=True, timeout=120)
-    port = int(supervised.server.root_url.rsplit(":", 1)[1])
-    squatter = socket.socket()
-    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    squatter.bind(("127.0.0.1", port))
-    squatter.listen()
-    try:
-        bad = harness.make("install", f"MODEL={MODEL}", timeout=900)
-        assert bad.returncode != 0
-        assert re.search(r"Cause: .*(?i:address already in use)", bad.output), bad.output[-4000:]
-    finally:
-        squatter.close()
-    good = harness.make("install", f"MODEL={MODEL}", timeout=900)
-    assert good.returncode == 0, good.output[-4000:]
-    assert answers(supervised.server)
