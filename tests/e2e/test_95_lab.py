@@ -4,6 +4,9 @@ loses no request, the allowlist, the firewall, idempotence and uninstall. Before
 deploy, cheap preflight refusals: the example lab's published vault outside the test
 hosts, and servers behind one gateway that would serve different models.
 Also: a killed engine worker the gateway routes around, named client keys with limits.
+Before the uninstall, each role's Molecule scenario (converge, idempotence, verify) runs
+on the deployed lab, the way a developer runs them (`make molecule ROLE=...`): the
+scenarios' checks without a second set of hosts, engine installs and server starts.
 
 Runs after the local deployment was uninstalled, so one machine never runs more
 than the two lab servers.
@@ -475,6 +478,45 @@ def test_gateway_revokes_a_client_and_limits_another_without_restarting_servers(
         assert name in log
     for key in (tiny_key, lab.client_key, lab.key, lab.controller_key(harness)):
         assert key not in log
+
+
+# --- Molecule: each role's scenario on the deployed lab ----------------------------------
+
+# the order the roles stand on each other, as `make molecule` runs them
+SCENARIOS = re.search(r"^MOLECULE_SCENARIOS := (.+)$", (REPO / "Makefile").read_text(), re.MULTILINE)[1].split()
+ANSI = re.compile(r"\x1b\[[0-9;]*m|\x1b\]8;;[^\x1b]*\x1b\\")  # colours; hyperlinks (ESC ] 8 ;; url ESC \)
+
+
+def test_every_molecule_scenario_runs() -> None:
+    """A scenario added under molecule/ but missing from the Makefile would never run."""
+    found = {path.parent.name for path in (REPO / "molecule").glob("*/molecule.yml")}
+    assert sorted(SCENARIOS) == sorted(found)
+
+
+def molecule_actions(text: str, scenario: str) -> dict[str, str]:
+    """Molecule's closing DETAILS (colours removed): action -> outcome, for one scenario."""
+    # "llf_host ➜ verify: Executed: Successful", with ">" for the arrow when not on a terminal
+    found = re.findall(rf"^{scenario} (?:➜|>) (\w+): Executed: (\w+)", text, flags=re.MULTILINE)
+    return dict(found)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario_on_the_lab(harness: Harness, lab: Lab, scenario: str) -> None:
+    # the scenarios' create step boots as many hosts as the lab has (a no-op: they are up)
+    harness.env["LLF_MOLECULE_HOSTS"] = str(len(lab.servers) + 1)
+    try:
+        result = harness.make("molecule", f"ROLE={scenario}", "KEEP=1", timeout=3600)
+    finally:
+        del harness.env["LLF_MOLECULE_HOSTS"]
+    text = ANSI.sub("", result.output)
+    assert result.returncode == 0, text[-10000:]
+    outcome = molecule_actions(text, scenario)
+    for action in ("syntax", "create", "converge", "idempotence", "verify"):
+        assert outcome.get(action) == "Successful", (action, outcome)
+    # it ran on the hosts: a play with no hosts would have "succeeded" too
+    recaps = re.findall(r"^\W*(llf-th\d+)\s+: ok=(\d+)\s+changed=(\d+)", text, re.MULTILINE)
+    assert recaps and all(int(ok) > 0 for _, ok, _ in recaps), recaps
+    record_figure(f"molecule {scenario} on the lab (converge, idempotence, verify): {result.seconds:.1f} s")
 
 
 def test_uninstall_leaves_the_hosts_clean(harness: Harness, lab: Lab) -> None:
