@@ -95,42 +95,17 @@ def test_a_killed_vllm_process_comes_back_by_itself(supervised: Deployment, name
 
 
 
-def test_a_deliberate_stop_stays_stopped_and_a_warm_restart_hits_the_compile_cache(supervised: Deployment) -> None:
+def test_a_deliberate_stop_stays_stopped_a_broken_start_fails_fast_and_a_warm_start_hits_the_cache(
+    supervised: Deployment, harness: Harness
+) -> None:
+    """One restart serves three checks: a stop nobody undoes, a start that cannot
+    succeed failing the deploy within a minute, and the good settings' warm start."""
     subprocess.run([*SUPERVISORCTL, "stop", "llf-vllm"], check=True, capture_output=True, timeout=120)
     time.sleep(5)
     assert not answers(supervised.server)
     assert "STOPPED" in subprocess.run([*SUPERVISORCTL, "status", "llf-vllm"], capture_output=True, text=True,
                                        check=False).stdout
-    offset = LOG.stat().st_size
-    started = time.monotonic()
-    subprocess.run([*SUPERVISORCTL, "start", "llf-vllm"], check=True, capture_output=True, timeout=120)
-    wait_answering(supervised.server)
-    seconds = time.monotonic() - started
-    record_figure(f"supervisor: warm restart (stopped, started) until answering: {seconds:.0f} s")
-    with LOG.open(encoding="utf-8", errors="replace") as log:
-        log.seek(offset)
-        restart_log = log.read()
-    assert "finalize_loading" not in restart_log
-    # what each step of a start costs, cold (the deploy's first start) and warm (this one)
-    whole_log = LOG.read_text(encoding="utf-8", errors="replace")
-    steps = {
-        "weights": r"Loading weights took ([0-9.]+)",
-        "engine init (compile, KV cache, warm-up)":
-            r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+)",
-    }
-    for step, pattern in steps.items():
-        found = re.findall(pattern, whole_log)
-        if found:
-            record_figure(f"supervisor: {step}: cold {float(found[0]):.1f} s, warm {float(found[-1]):.1f} s")
-    # Inductor's cache in the state directory was hit: the restart compiled nothing new
-    cache = Path("/var/lib/llf/server/cache/inductor")
-    assert cache.is_dir() and any(cache.iterdir())
-    fresh = [path for path in cache.rglob("*.so") if path.stat().st_mtime > time.time() - seconds - 5]
-    assert not fresh, f"the restart compiled again: {fresh[:3]}"
 
-def test_a_start_that_cannot_succeed_fails_the_deploy_within_a_minute(
-    supervised: Deployment, harness: Harness
-) -> None:
     bad_arg = "ARGS=-e '{\"llf_server_extra_args\": {\"no-such-engine-option\": 1}}'"
     bad = harness.make("install", f"MODEL={MODEL}", bad_arg, timeout=900)
     assert bad.returncode != 0
@@ -140,8 +115,28 @@ def test_a_start_that_cannot_succeed_fails_the_deploy_within_a_minute(
     timings = [float(t) for t in re.findall(r"started again after (\d+) s", bad.output)]
     assert timings and timings[0] < 60, waited.group(0) if waited else bad.output[-3000:]
     record_figure(f"supervisor: deploy with a bad engine argument failed {timings[0]:.0f} s into the start")
-    # the good settings bring it back
+
+    # the good settings bring it back, with a warm start
+    started = time.monotonic()
     good = harness.make("install", f"MODEL={MODEL}", timeout=900)
     assert good.returncode == 0, good.output[-4000:]
     assert answers(supervised.server)
-
+    seconds = time.monotonic() - started
+    record_figure(f"supervisor: deploy with the good settings again until answering (warm start): {seconds:.0f} s")
+    whole_log = LOG.read_text(encoding="utf-8", errors="replace")
+    assert "finalize_loading" not in whole_log
+    # what each step of a start costs, cold (the deploy's first start) and warm (this one)
+    steps = {
+        "weights": r"Loading weights took ([0-9.]+)",
+        "engine init (compile, KV cache, warm-up)":
+            r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+)",
+    }
+    for step, pattern in steps.items():
+        found = re.findall(pattern, whole_log)
+        if found:
+            record_figure(f"supervisor: {step}: cold {float(found[0]):.1f} s, warm {float(found[-1]):.1f} s")
+    # Inductor's cache in the state directory was hit: this start compiled nothing new
+    cache = Path("/var/lib/llf/server/cache/inductor")
+    assert cache.is_dir() and any(cache.iterdir())
+    fresh = [path for path in cache.rglob("*.so") if path.stat().st_mtime > time.time() - seconds - 5]
+    assert not fresh, f"the warm start compiled again: {fresh[:3]}"
