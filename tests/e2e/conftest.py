@@ -15,11 +15,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from tests.conftest import REPO, Server, record_figure
 
 MODEL = "smollm2-135m-instruct"
+
+
+# the processes of one vLLM server, as the kernel names them (vLLM sets the titles)
+VLLM_PROCESSES = {
+    "API server": "vllm.entrypoints.openai.api_server",
+    "VLLM::EngineCore": "^VLLM::EngineCore",
+    "VLLM::Worker": "^VLLM::Worker",
+}
+
+
+def server_answers(base_url: str, key: str | None, model: str = MODEL) -> bool:
+    """A real (one-token) completion succeeds."""
+    try:
+        response = requests.post(
+            f"{base_url}/completions",
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            json={"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0},
+            timeout=10,
+        )
+    except requests.RequestException:
+        return False
+    return response.status_code == 200
 INSTALL_TIMEOUT = 3600
 
 

@@ -16,21 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.conftest import Server, record_figure
-from tests.e2e.conftest import MODEL, Deployment, Harness
+from tests.e2e.conftest import MODEL, VLLM_PROCESSES, Deployment, Harness, server_answers
 
 pytestmark = pytest.mark.e2e
 
 SUPERVISORCTL = ["/opt/llf/supervisor/bin/supervisorctl", "-c", "/etc/llf/supervisord.conf"]
 LOG = Path("/var/log/llf/llf-vllm.log")
-# the processes of one vLLM server, as the kernel names them (vLLM sets the titles)
-PROCESSES = {
-    "API server": "vllm.entrypoints.openai.api_server",
-    "VLLM::EngineCore": "^VLLM::EngineCore",
-    "VLLM::Worker": "^VLLM::Worker",
-}
+PROCESSES = VLLM_PROCESSES
 
 
 # this machine's own processes only: test hosts' processes are visible here too
@@ -43,17 +37,7 @@ def oldest_pid(pattern: str) -> int | None:
 
 
 def answers(server: Server) -> bool:
-    """A real (one-token) completion succeeds."""
-    try:
-        response = requests.post(
-            f"{server.base_url}/completions",
-            headers={"Authorization": f"Bearer {server.api_key}"},
-            json={"model": server.model, "prompt": "Hello", "max_tokens": 1, "temperature": 0},
-            timeout=10,
-        )
-    except requests.RequestException:
-        return False
-    return response.status_code == 200
+    return server_answers(server.base_url, server.api_key, server.model)
 
 
 def wait_answering(server: Server, timeout: float = 300) -> float:

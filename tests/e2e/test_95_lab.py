@@ -27,7 +27,7 @@ import requests
 import yaml
 
 from tests.conftest import REPO, record_figure
-from tests.e2e.conftest import MODEL, Harness, recap
+from tests.e2e.conftest import MODEL, VLLM_PROCESSES, Harness, recap, server_answers
 
 pytestmark = pytest.mark.e2e
 
@@ -243,38 +243,22 @@ def test_firewall_opens_the_api_port_only_to_the_gateway_and_controller(lab: Lab
 
 
 # the processes of one vLLM server, as the kernel names them (vLLM sets the titles)
-VLLM_PROCESSES = {
-    "API server": "vllm.entrypoints.openai.api_server",
-    "VLLM::EngineCore": "^VLLM::EngineCore",
-    "VLLM::Worker": "^VLLM::Worker",
-}
-
-
-def server_answers(address: str, key: str) -> bool:
+def lab_server_answers(address: str, key: str) -> bool:
     """A real one-token completion, straight from the controller (the firewall lets it in)."""
-    try:
-        response = requests.post(
-            f"http://{address}:8000/v1/completions",
-            headers={"Authorization": f"Bearer {key}"},
-            json={"model": MODEL, "prompt": "Hello", "max_tokens": 1, "temperature": 0},
-            timeout=10,
-        )
-    except requests.RequestException:
-        return False
-    return response.status_code == 200
+    return server_answers(f"http://{address}:8000/v1", key)
 
 
 def test_systemd_brings_back_each_killed_vllm_process(lab: Lab) -> None:
     name, address = sorted(lab.servers.items())[0]
-    assert server_answers(address, lab.key)
+    assert lab_server_answers(address, lab.key)
     for process, pattern in VLLM_PROCESSES.items():
         pid = lab.run(name, f"pgrep -o -u llf -f '{pattern}'").stdout.strip()
         assert pid, f"no {process} on {name}"
         assert lab.run(name, f"kill -9 {pid}").returncode == 0
         killed = time.monotonic()
-        while server_answers(address, lab.key) and time.monotonic() - killed < 60:
+        while lab_server_answers(address, lab.key) and time.monotonic() - killed < 60:
             time.sleep(0.2)
-        while not server_answers(address, lab.key):
+        while not lab_server_answers(address, lab.key):
             assert time.monotonic() - killed < 300, f"{name} did not answer within 300 s after kill -9 of {process}"
             time.sleep(0.5)
         record_figure(f"systemd (lab): kill -9 of {process} until answering again: {time.monotonic() - killed:.0f} s")
@@ -301,7 +285,7 @@ def test_systemd_start_that_cannot_succeed_fails_the_deploy_within_a_minute(harn
     record_figure(f"systemd (lab): deploy with a bad engine argument failed {timings[0]:.0f} s into the start")
     good = deploy(harness, "--limit", name)
     assert good.returncode == 0, good.output[-4000:]
-    assert server_answers(address, lab.key)
+    assert lab_server_answers(address, lab.key)
 
 
 def test_gateway_health_checker_runs_unprivileged_in_a_sandbox(lab: Lab) -> None:
