@@ -109,7 +109,10 @@ molecule: venv ## Molecule scenarios of the roles on real systemd test hosts (RO
 	exit $$rc
 
 .PHONY: test
-test: lint ## Lint, unit tests and the end-to-end deploy on this machine, with coverage (>= 90 %)
+test: venv ## Lint, unit tests and the end-to-end deploy on this machine, with coverage (>= 90 %)
+	@start=$$(date +%s); $(MAKE) --no-print-directory lint || exit $$?; \
+	export LLF_LINT_SECONDS=$$(( $$(date +%s) - start )); \
+	echo "$(VENV)/bin/pytest --cov --cov-report=term --cov-fail-under=90 tests"; \
 	$(VENV)/bin/pytest --cov --cov-report=term --cov-fail-under=90 tests
 
 .PHONY: clean

@@ -67,8 +67,33 @@ def record_figure(text: str) -> None:
     print(f"FIGURE {text}")
 
 
+PHASES: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each test file's time (setup, call and teardown, module fixtures included)."""
+    phase = report.nodeid.split("::")[0]
+    PHASES[phase] = PHASES.get(phase, 0.0) + report.duration
+
+
+def phase_lines(phases: dict[str, float], lint_seconds: str | None) -> list[str]:
+    """The run's phases and their times: lint (from make), unit tests as one, each e2e file."""
+    merged: dict[str, float] = {}
+    if lint_seconds:
+        merged["make lint"] = float(lint_seconds)
+    for path, seconds in phases.items():
+        name = "unit tests" if path.startswith("tests/unit/") else path
+        merged[name] = merged.get(name, 0.0) + seconds
+    total = sum(merged.values())
+    return [f"{name}: {seconds / 60:.1f} min" for name, seconds in merged.items()] + [f"total: {total / 60:.1f} min"]
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if FIGURES:
         terminalreporter.section("measured figures")
         for line in FIGURES:
+            terminalreporter.write_line(line)
+    if PHASES:
+        terminalreporter.section("phase times")
+        for line in phase_lines(PHASES, os.environ.get("LLF_LINT_SECONDS")):
             terminalreporter.write_line(line)
