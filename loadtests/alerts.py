@@ -45,6 +45,8 @@ HISTOGRAMS: dict[str, tuple[str, str]] = {
 # The gateway health checker's view, one series per server (label server=<inventory hostname>).
 GATEWAY_UP = "llf_gateway_backend_up"
 GATEWAY_DRAINED = "llf_gateway_backend_drained"
+# vLLM's http_requests_total{handler} of the routes the gateway passes on (not /v1/models)
+OPENAI_ROUTES = 'handler=~"/v1/(chat/completions|completions|embeddings)"'
 _DURATION = re.compile(r"^[1-9][0-9]*(ms|s|m|h|d)$")
 
 
@@ -89,7 +91,8 @@ class Options:
 
     def with_for(self, duration: str) -> Options:
         """Every ``for:`` set to one duration (a test inventory's short windows)."""
-        return replace(self, **{f.name: duration for f in fields(self) if f.name.endswith("_for")})
+        changes: dict[str, Any] = {f.name: duration for f in fields(self) if f.name.endswith("_for")}
+        return replace(self, **changes)
 
 
 def _num(value: float) -> str:
@@ -118,7 +121,7 @@ def _sum(by: str) -> str:
 
 def error_ratio_expr(selector: str, window: str, by: str = "server") -> str:
     """HTTP 5xx answers over all answers of the OpenAI routes, from vLLM's own counter."""
-    routes = f'{selector},handler=~"/v1/.*"'
+    routes = f"{selector},{OPENAI_ROUTES}"
     return (
         f'{_sum(by)}(rate(http_requests_total{{{routes},status="5xx"}}[{window}]))'
         f" / {_sum(by)}(rate(http_requests_total{{{routes}}}[{window}]))"
@@ -148,8 +151,9 @@ def slo_alert(target: Target, slo_path: str, opts: Options) -> dict[str, Any] | 
             "warning",
             "Error rate of {{ $labels.server }} is {{ $value | humanizePercentage }}"
             f" (SLO: {target.text})",
-            f"{source}. HTTP 5xx answers over all answers of the /v1/ routes over {opts.window}, from vLLM's "
-            "http_requests_total (status grouped as 2xx/4xx/5xx). 4xx (a client's mistake) is not counted; "
+            f"{source}. HTTP 5xx answers over all answers of the OpenAI routes (completions, chat, embeddings) "
+            f"over {opts.window}, from vLLM's http_requests_total (status grouped as 2xx/4xx/5xx). "
+            "4xx (a client's mistake) is not counted; "
             "a request that fails after its stream began answered 200 and shows as finished_reason=error "
             "in vllm:request_success_total (the dashboard's finish reasons).",
         )
@@ -231,7 +235,8 @@ def fleet_alerts(opts: Options) -> list[dict[str, Any]]:
         ),
         _alert(
             "LLFMemoryNearlyFull",
-            f"node_memory_MemAvailable_bytes{{{node}}} / node_memory_MemTotal_bytes{{{node}}} < {_num(opts.memory_free)}",
+            f"node_memory_MemAvailable_bytes{{{node}}} / node_memory_MemTotal_bytes{{{node}}}"
+            f" < {_num(opts.memory_free)}",
             opts.memory_for,
             "warning",
             "{{ $labels.server }} has {{ $value | humanizePercentage }} of its memory available",

@@ -14,6 +14,7 @@ from loadtests.alerts import (
     GATEWAY_DRAINED,
     GATEWAY_UP,
     HISTOGRAMS,
+    OPENAI_ROUTES,
     Options,
     _display,
     error_ratio_expr,
@@ -184,7 +185,7 @@ def dashboard(slo: Slo, opts: Options) -> dict[str, Any]:
     )
     lay.add(
         panel(
-            "Error ratio (HTTP 5xx of the /v1/ routes)",
+            "Error ratio (HTTP 5xx of the OpenAI routes)",
             [(error_ratio_expr(sel, RATE), "{{server}}"), (error_ratio_expr(sel, RATE, by=""), "fleet")],
             "percentunit",
             "vLLM's http_requests_total: 5xx answers over all answers of the OpenAI routes; "
@@ -252,12 +253,12 @@ def dashboard(slo: Slo, opts: Options) -> dict[str, Any]:
             "HTTP answers by status (servers)",
             [
                 (
-                    f'sum by (server, status) (rate(http_requests_total{{{sel},handler=~"/v1/.*"}}[{RATE}]))',
+                    f"sum by (server, status) (rate(http_requests_total{{{sel},{OPENAI_ROUTES}}}[{RATE}]))",
                     "{{server}} {{status}}",
                 )
             ],
             "reqps",
-            "vLLM's http_requests_total of the /v1/ routes by status class (2xx, 4xx, 5xx).",
+            "vLLM's http_requests_total of the OpenAI routes by status class (2xx, 4xx, 5xx).",
         )
     )
 
@@ -304,7 +305,8 @@ def dashboard(slo: Slo, opts: Options) -> dict[str, Any]:
             "Memory available",
             [
                 (
-                    f"min by (server) (node_memory_MemAvailable_bytes{{{node}}} / node_memory_MemTotal_bytes{{{node}}})",
+                    f"min by (server) (node_memory_MemAvailable_bytes{{{node}}}"
+                    f" / node_memory_MemTotal_bytes{{{node}}})",
                     "{{server}}",
                 )
             ],
