@@ -122,10 +122,10 @@ def _sum(by: str) -> str:
 def error_ratio_expr(selector: str, window: str, by: str = "server") -> str:
     """HTTP 5xx answers over all answers of the OpenAI routes, from vLLM's own counter."""
     routes = f"{selector},{OPENAI_ROUTES}"
-    return (
-        f'{_sum(by)}(rate(http_requests_total{{{routes},status="5xx"}}[{window}]))'
-        f" / {_sum(by)}(rate(http_requests_total{{{routes}}}[{window}]))"
-    )
+    answers = f"{_sum(by)}(rate(http_requests_total{{{routes}}}[{window}]))"
+    # vLLM has no 5xx series until the first 5xx: count 0 until then
+    return f'({_sum(by)}(rate(http_requests_total{{{routes},status="5xx"}}[{window}])) or 0 * {answers}) / {answers}'
+
 
 
 def _alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str) -> dict[str, Any]:
