@@ -83,15 +83,40 @@ loadtest: venv ## Load-test the deployed endpoint (HOST= USERS= RATE= DURATION= 
 lock: venv ## Regenerate the engine's hash-locked requirements (roles/llf_engine/files/locks/; LOCK_ARGS='--python 3.12')
 	$(VENV)/bin/python roles/llf_engine/files/llf_engine_lock.py $(LOCK_ARGS)
 
+# promtool, from Debian's prometheus package: downloaded and extracted, never installed
+# (the package's postinst would start a Prometheus daemon)
+TOOLS    := .cache/tools
+PROMTOOL := $(TOOLS)/promtool
+
+$(PROMTOOL):
+	@echo "==> Fetching promtool (Debian's prometheus package) into $(TOOLS)/"
+	@rm -rf $(TOOLS)/deb && mkdir -p $(TOOLS)/deb
+	@cd $(TOOLS)/deb && { apt-get download prometheus 2>/dev/null \
+	  || { apt-get update -qq && apt-get download prometheus; }; }
+	dpkg-deb -x $(TOOLS)/deb/prometheus_*.deb $(TOOLS)/deb/root
+	install -m 0755 $(TOOLS)/deb/root/usr/bin/promtool $@
+	@rm -rf $(TOOLS)/deb
+	@$@ --version | head -n 1
+
+.PHONY: tools
+tools: $(PROMTOOL) ## Fetch promtool into .cache/tools (from Debian's prometheus package, not installed)
+
+ALERTS_ARGS ?=
+.PHONY: alerts
+alerts: venv ## Regenerate the alert rules and the Grafana dashboard in monitoring/ from loadtests/slo.yaml
+	$(VENV)/bin/python -m loadtests.alerts $(ALERTS_ARGS)
+
 .PHONY: lint
-lint: venv ## ansible-lint (production profile), syntax checks, ruff, mypy
+lint: venv tools ## ansible-lint (production profile), syntax checks, ruff, mypy, promtool check rules
+	$(VENV)/bin/python -m loadtests.alerts --check
+	$(PROMTOOL) check rules monitoring/prometheus/llf-rules.yml
 	$(VENV)/bin/ansible-lint --profile production
 	$(VENV)/bin/ansible-playbook -i $(INVENTORY) --syntax-check playbooks/deploy.yml playbooks/uninstall.yml
 	$(VENV)/bin/ruff check llf_client loadtests tests roles playbooks
 	$(VENV)/bin/mypy llf_client loadtests
 
 .PHONY: unit
-unit: venv ## Unit tests only (no server)
+unit: venv tools ## Unit tests only (no server)
 	$(VENV)/bin/pytest -m "not e2e" tests/unit
 
 .PHONY: molecule
