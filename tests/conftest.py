@@ -85,7 +85,8 @@ def phase_lines(phases: dict[str, float], lint_seconds: str | None) -> list[str]
         name = "unit tests" if path.startswith("tests/unit/") else path
         merged[name] = merged.get(name, 0.0) + seconds
     total = sum(merged.values())
-    return [f"{name}: {seconds / 60:.1f} min" for name, seconds in merged.items()] + [f"total: {total / 60:.1f} min"]
+    rows = [*merged.items(), ("total", total)]
+    return [f"{name}: {seconds / 60:.1f} min ({seconds:.0f} s)" for name, seconds in rows]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

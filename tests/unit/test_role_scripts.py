@@ -6,10 +6,12 @@ import http.server
 import json
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, load_script
 
@@ -121,7 +123,7 @@ def config(tmp_path: Path, backends: list[dict]) -> Path:
     path = tmp_path / "backends.json"
     path.write_text(json.dumps({
         "upstream": "llf_vllm", "backends": backends, "upstream_file": str(tmp_path / "upstream.conf"),
-        "drain_dir": str(tmp_path / "drain"), "timeout": 2,
+        "drain_dir": str(tmp_path / "drain"), "timeout": 2, "metrics_file": str(tmp_path / "gateway.prom"),
         "reload_command": [sys.executable, "-c", f"open({str(tmp_path / 'reloads')!r}, 'a').write('x')"],
     }))
     (tmp_path / "drain").mkdir(exist_ok=True)
@@ -154,6 +156,19 @@ def test_gateway_marks_failing_and_drained_servers_down(server: tuple[str, int],
     assert gateway_health.check_once(json.loads(path.read_text())) is True
     assert f"server {host}:{port} max_fails=1 fail_timeout=10s down;  # c" in (tmp_path / "upstream.conf").read_text()
     assert "c=drained" in capsys.readouterr().out
+    # what it saw, as node exporter's textfile collector reads it
+    families = {f.name: f for f in text_string_to_metric_families((tmp_path / "gateway.prom").read_text())}
+    up = {s.labels["server"]: s.value for s in families["llf_gateway_backend_up"].samples}
+    drained = {s.labels["server"]: s.value for s in families["llf_gateway_backend_drained"].samples}
+    assert up == {"a": 1, "b": 0, "c": 1} and drained == {"a": 0, "b": 0, "c": 1}
+    checked = families["llf_gateway_health_check_timestamp_seconds"].samples[0].value
+    assert abs(checked - time.time()) < 600
+
+
+def test_gateway_metrics_quote_server_names() -> None:
+    text = gateway_health.render_metrics({'we"ird\\name\n': True}, set(), 0.0)
+    (sample,) = next(f for f in text_string_to_metric_families(text) if f.name == "llf_gateway_backend_up").samples
+    assert sample.labels == {"server": 'we"ird\\name\n'}
 
 
 def test_gateway_keeps_servers_up_when_every_one_fails(tmp_path: Path) -> None:

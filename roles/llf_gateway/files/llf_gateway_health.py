@@ -8,6 +8,13 @@ changes (with `reload_command` in the configuration; else a systemd path unit
 that watches the file does it, so this checker needs no privilege). A reload is
 graceful: requests in flight finish on the old workers.
 
+With `metrics_file` in the configuration, each check also writes what it saw in
+Prometheus' text format, for node exporter's textfile collector:
+`llf_gateway_backend_up{server}` (1 while /health answers 200),
+`llf_gateway_backend_drained{server}` (1 while a rolling update drains it) and
+`llf_gateway_health_check_timestamp_seconds` (monitoring/prometheus/llf-rules.yml
+alerts on them).
+
     llf_gateway_health.py --config /etc/llf/gateway/backends.json [--once]
 """
 
@@ -48,6 +55,37 @@ def render(config: dict, up: dict[str, bool], drained: set[str]) -> str:
     return "\n".join(lines)
 
 
+def label(value: str) -> str:
+    """A label value quoted as Prometheus' text format wants it."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def render_metrics(up: dict[str, bool], drained: set[str], now: float) -> str:
+    families = [
+        ("llf_gateway_backend_up", "1 while the server's /health answers 200, else 0.",
+         {name: int(ok) for name, ok in up.items()}),
+        ("llf_gateway_backend_drained", "1 while a rolling update drains the server, else 0.",
+         {name: int(name in drained) for name in up}),
+    ]
+    lines = []
+    for metric, help_text, values in families:
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
+        lines += [f"{metric}{{server={label(name)}}} {value}" for name, value in sorted(values.items())]
+    lines += [
+        "# HELP llf_gateway_health_check_timestamp_seconds When the health checker last probed the servers.",
+        "# TYPE llf_gateway_health_check_timestamp_seconds gauge",
+        f"llf_gateway_health_check_timestamp_seconds {now:.3f}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_atomically(target: Path, text: str) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+
+
 def check_once(config: dict) -> bool:
     """Probe every backend, rewrite the upstream file; True when it changed."""
     timeout = float(config.get("timeout", 3))
@@ -56,13 +94,13 @@ def check_once(config: dict) -> bool:
     }
     drain_dir = Path(config["drain_dir"])
     drained = {p.name for p in drain_dir.iterdir()} if drain_dir.is_dir() else set()
+    if config.get("metrics_file"):
+        write_atomically(Path(config["metrics_file"]), render_metrics(up, drained, time.time()))
     text = render(config, up, drained)
     target = Path(config["upstream_file"])
     if target.is_file() and target.read_text(encoding="utf-8") == text:
         return False
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    write_atomically(target, text)
     states = ", ".join(
         f"{n}={'drained' if n in drained else ('up' if ok else 'down')}" for n, ok in sorted(up.items())
     )
