@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, record_figure
 from tests.e2e.conftest import MODEL, VLLM_PROCESSES, Harness, recap, server_answers
@@ -296,6 +297,11 @@ def test_gateway_health_checker_runs_unprivileged_in_a_sandbox(lab: Lab) -> None
     assert level, security.stdout + security.stderr
     record_figure(f"systemd-analyze security llf-gateway-health (gateway's health checker): {level.group(1)}")
     assert float(level.group(1)) <= 3.0, security.stdout
+    # what it saw, as Prometheus text for node exporter's textfile collector: both servers up
+    seen = lab.run(lab.gateway, "cat /var/lib/llf/gateway/metrics/llf_gateway.prom").stdout
+    up = {sample.labels["server"]: sample.value for family in text_string_to_metric_families(seen)
+          if family.name == "llf_gateway_backend_up" for sample in family.samples}
+    assert up == dict.fromkeys(lab.servers, 1.0), seen
 
 
 def gateway_changes(lab: Lab, since: float) -> list[tuple[float, str]]:
