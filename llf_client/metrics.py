@@ -211,5 +211,8 @@ def counter_delta(
 
 
 def first_present(metrics: Metrics, names: Iterable[str]) -> str | None:
-    """The first of several names the scrape has (vLLM renamed some metrics)."""
-    return next((n for n in names if n in metrics), None)
+    """The first of several names (of samples or histogram families) the scrape has.
+
+    vLLM renamed some metrics between versions.
+    """
+    return next((n for n in names if n in metrics or f"{n}_bucket" in metrics), None)

@@ -394,10 +394,12 @@ def run_live(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def once(watches: Sequence[Watch], interval: float, window: float, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+def once(
+    watches: Sequence[Watch], interval: float, window: float, sleep: Callable[[float], None] = time.sleep
+) -> dict[str, Any]:
     """Two readings `interval` apart, then the snapshot (for `--once`)."""
     with ThreadPoolExecutor(max_workers=min(8, len(watches))) as pool:
         read_all(watches, pool)
         sleep(interval)
         read_all(watches, pool)
-    return document(watches, interval, window)
+    return document(watches, interval, min(window, interval))

@@ -59,6 +59,7 @@ def test_samples_by_name_with_labels(after: Metrics) -> None:
         "vllm:kv_cache_usage_perc"
     )
     assert first_present(after, ("nothing",)) is None
+    assert first_present(after, ("vllm:time_per_output_token_seconds", ITL)) == ITL  # a histogram family
 
 
 def test_histogram_of_a_real_scrape(after: Metrics) -> None:
