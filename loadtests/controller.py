@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llf_client.metrics import Metrics, MetricsParseError
 from loadtests import EXIT_INVALID, EXIT_PASS
 from loadtests import report as reports
 from loadtests.collect import Collector
 from loadtests.config import RunConfig
 from loadtests.metrics import Sample, metric_values, percentile, summarize
 from loadtests.plan import Stage, build_plan
-from llf_client.metrics import Metrics, MetricsParseError
 from loadtests.prom import Scrapes, stage_summary
 from loadtests.slo import INVALID, OK, WARN, Check, Slo, TargetResult, evaluate, exit_code
 

@@ -21,7 +21,6 @@ from llf_client.client import (
     translate_error,
 )
 from llf_client.config import Endpoint
-from llf_client.metrics import MetricsParseError
 from llf_client.errors import (
     AuthFailed,
     ConfigError,
@@ -38,6 +37,7 @@ from llf_client.errors import (
     TLSFailure,
     UnknownHost,
 )
+from llf_client.metrics import MetricsParseError
 
 EP = Endpoint("local", "http://127.0.0.1:8000/v1")
 KEYED = Endpoint("lab", "https://lab:8443/v1", api_key="k")

@@ -91,10 +91,10 @@ def test_not_available_and_errors_in_the_view() -> None:
         "interval_s": 2.0,
         "window_s": 60.0,
         "endpoints": [
-            top.snapshot(EP, [top.Reading(at=1.0, health_status=200, metrics_state=top.NOT_AVAILABLE, note="/metrics answered 404")]),
+            top.snapshot(EP, [top.Reading(1.0, 200, metrics_state=top.NOT_AVAILABLE, note="/metrics answered 404")]),
             top.snapshot(
                 Endpoint("dead", "http://127.0.0.1:9/v1"),
-                [top.Reading(at=1.0, metrics_state="down", error=ConnectionRefused("connection refused", where="dead"))],
+                [top.Reading(1.0, metrics_state="down", error=ConnectionRefused("connection refused", where="dead"))],
                 failures=1,
             ),
         ],
