@@ -273,7 +273,7 @@ HEADERS = (
 def row(doc: dict[str, Any]) -> list[str]:
     """One endpoint's cells, in the order of HEADERS (latencies in ms)."""
     if doc["metrics"] != "ok":
-        figures = [NOT_AVAILABLE if doc["metrics"] == NOT_AVAILABLE else "-"] + ["-"] * 8
+        figures = ["n/a" if doc["metrics"] == NOT_AVAILABLE else "-"] * 9  # a note below says why
     else:
         figures = [
             _cell(doc["requests_running"]),
