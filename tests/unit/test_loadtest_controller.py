@@ -167,7 +167,7 @@ def test_servers_named_by_metrics_url_are_summed(tmp_path: Path) -> None:
     logs = " ".join(rig.logs)
     assert "http://c:8000: not Prometheus text format: line 1 '<html>gateway</html>'" in logs
     assert logs.count("http://c:8000") == 1  # said once, not at every scrape
-    assert "the sum of 2 servers' /metrics" in (tmp_path / "summary.txt").read_text()
+    assert f"server figures: /metrics of {a}, {b} (summed)" in (tmp_path / "summary.txt").read_text()
 
 
 def test_too_few_samples_is_inconclusive(tmp_path: Path) -> None:
