@@ -268,3 +268,12 @@ def test_keys_without_a_terminal_only_wait() -> None:
     keys = top.Keys(io.StringIO())
     with keys.cbreak():
         assert keys.quit_within(0.0) is False
+
+
+def test_queue_depth_before_bursting_reads_the_same_parser() -> None:
+    with FakeOpenAI(metrics=[AFTER]) as fake:
+        assert EndpointClient(Endpoint("f", fake.base_url)).queue_depth("smollm2-135m-instruct") == 0.0
+    with FakeOpenAI(metrics=["<html>\n"]) as fake:
+        assert EndpointClient(Endpoint("f", fake.base_url)).queue_depth() is None  # cannot tell: no burst
+    with FakeOpenAI(metrics_status=404) as fake:
+        assert EndpointClient(Endpoint("f", fake.base_url)).queue_depth() is None
