@@ -25,6 +25,7 @@ DURATION  ?=
 SCENARIO  ?=
 SLO       ?=
 WORKERS   ?=
+METRICS   ?=
 
 PLAYBOOK   = $(VENV)/bin/ansible-playbook -i $(INVENTORY) $(if $(LIMIT),--limit $(LIMIT))
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
@@ -74,10 +75,10 @@ smoke: venv ## Smoke-check every deployed endpoint
 	$(VENV)/bin/llf-client smoke $(if $(filter-out inventories/local,$(INVENTORY)),--inventory $(INVENTORY))
 
 .PHONY: loadtest
-loadtest: venv ## Load-test the deployed endpoint (HOST= USERS= RATE= DURATION= SCENARIO= SLO= WORKERS=)
+loadtest: venv ## Load-test the deployed endpoint (HOST= USERS= RATE= DURATION= SCENARIO= SLO= WORKERS= METRICS='<server URLs>')
 	$(VENV)/bin/python -m loadtests run $(if $(HOST),--host $(HOST)) $(if $(USERS),--users $(USERS)) \
 	  $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(SCENARIO),--scenario $(SCENARIO)) \
-	  $(if $(SLO),--slo $(SLO)) $(if $(WORKERS),--workers $(WORKERS))
+	  $(if $(SLO),--slo $(SLO)) $(if $(WORKERS),--workers $(WORKERS)) $(foreach url,$(METRICS),--metrics-url $(url))
 
 .PHONY: lock
 lock: venv ## Regenerate the engine's hash-locked requirements (roles/llf_engine/files/locks/; LOCK_ARGS='--python 3.12')

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
+from . import __version__, top
 from .client import (
     DEFAULT_TIMEOUT,
     EndpointClient,
@@ -209,6 +209,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="time-to-first-token target (default 2000)",
     )
     check.add_argument("--json", action="store_true")
+    top_cmd = command(
+        "top",
+        "live view of every endpoint from its /metrics: requests, KV cache, TTFT, ITL, "
+        f"tokens/s (--timeout defaults to {top.READ_TIMEOUT:g} s here)",
+        cmd_top,
+    )
+    top_cmd.add_argument(
+        "--interval",
+        type=_positive,
+        default=top.DEFAULT_INTERVAL,
+        metavar="S",
+        help=f"seconds between refreshes (default {top.DEFAULT_INTERVAL:g}); with --once, "
+        "between the two readings",
+    )
+    top_cmd.add_argument(
+        "--window",
+        type=_positive,
+        default=top.DEFAULT_WINDOW,
+        metavar="S",
+        help=f"latencies over the last S seconds (default {top.DEFAULT_WINDOW:g})",
+    )
+    top_cmd.add_argument(
+        "--once", action="store_true", help="read twice --interval apart, print once, exit"
+    )
+    top_cmd.add_argument(
+        "--json", action="store_true", help="print one JSON snapshot (implies --once)"
+    )
     return parser
 
 
@@ -618,6 +645,28 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         verdict = "all passed" if not failed else f"{failed} failed"
         print(f"smoke: {len(results)} endpoint(s), {total} checks, {verdict}")
     return EXIT_CHECK_FAILED if failed else 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    timeout = _opt(args, "timeout", top.READ_TIMEOUT)
+    watches = [
+        top.Watch(EndpointClient(e, timeout=timeout), window=args.window) for e in _endpoints(args)
+    ]
+    if args.once or args.json:
+        document = top.once(watches, args.interval, args.window)
+        if args.json:
+            print(json.dumps(document, ensure_ascii=False))
+        else:
+            top.print_view(document)
+        failed = [w.readings[-1].error for w in watches if w.readings[-1].error is not None]
+        for err in failed:
+            _report(err, _opt(args, "debug", False))
+        return failed[0].exit_code if failed else 0
+    try:
+        top.run_live(watches, args.interval, args.window)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C leaves top like q does
+    return 0
 
 
 # --- entry point --------------------------------------------------------------------

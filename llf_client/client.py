@@ -11,7 +11,6 @@ Every failure leaves this module as an `LLFError` (see errors.py) naming the end
 from __future__ import annotations
 
 import math
-import re
 import socket
 import ssl
 import time
@@ -39,6 +38,7 @@ from .errors import (
     TLSFailure,
     UnknownHost,
 )
+from .metrics import Metrics, MetricsParseError
 
 DEFAULT_TIMEOUT = 120.0  # seconds: connect + the longest wait for the server
 CONNECT_TIMEOUT = 5.0
@@ -226,45 +226,21 @@ def translate_error(
     return None
 
 
-# --- Prometheus text ----------------------------------------------------------------
+# --- Prometheus metrics -------------------------------------------------------------
 
-_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?$")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"')
-
-Sample = tuple[dict[str, str], float]
-
-
-def parse_prometheus(text: str) -> dict[str, list[Sample]]:
-    """Samples of a Prometheus text exposition: name -> [(labels, value)]."""
-    metrics: dict[str, list[Sample]] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if not match:
-            continue
-        name, labels, value = match.groups()
-        try:
-            number = float(value)
-        except ValueError:
-            continue
-        parsed = {
-            k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(labels or "")
-        }
-        metrics.setdefault(name, []).append((parsed, number))
-    return metrics
+QUEUE_METRIC = "vllm:num_requests_waiting"
 
 
 def queue_depth(text: str, model: str | None = None) -> float | None:
-    """Requests waiting in vLLM's queue (`vllm:num_requests_waiting`), all engines."""
-    samples = parse_prometheus(text).get("vllm:num_requests_waiting")
-    if not samples:
-        return None
-    if model:
-        mine = [s for s in samples if s[0].get("model_name") in (None, model)]
-        samples = mine or samples
-    return sum(value for _, value in samples if not math.isnan(value))
+    """Requests waiting in vLLM's queue (`vllm:num_requests_waiting`), all engines.
+
+    With `model`, only that model's series count, unless none carries its name.
+    Raises MetricsParseError when the text is not Prometheus text.
+    """
+    metrics = Metrics.parse(text)
+    if model and metrics.get(QUEUE_METRIC, {"model_name": model}):
+        return metrics.value(QUEUE_METRIC, {"model_name": model})
+    return metrics.value(QUEUE_METRIC)
 
 
 def estimate_tokens(text: str) -> int:
@@ -350,8 +326,14 @@ class EndpointClient:
         return str(value) if value else None
 
     def queue_depth(self, model: str | None = None) -> float | None:
+        """Requests waiting, from /metrics; None when the server does not say."""
         response = self.request("GET", "/metrics")
-        return queue_depth(response.text, model) if response.status_code == 200 else None
+        if response.status_code != 200:
+            return None
+        try:
+            return queue_depth(response.text, model)
+        except MetricsParseError:
+            return None
 
     def count_prompt_tokens(self, model: str, messages: Sequence[Message]) -> tuple[int, bool]:
         """Prompt tokens from the server's /tokenize, else an estimate: (count, exact)."""

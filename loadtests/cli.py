@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--request-timeout", default="120s", help="bound on one request (default 120s)")
     run.add_argument("--max-requests", type=int, default=100_000, help="bound on requests per process")
     run.add_argument(
+        "--metrics-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a server whose /metrics gives the server-side figures (repeat for each server "
+        "behind a gateway: their figures are summed; default: the --host)",
+    )
+    run.add_argument(
         "--no-ignore-eos",
         dest="ignore_eos",
         action="store_false",
@@ -150,6 +158,14 @@ def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfi
         if not step_users:
             raise UsageError(f"--step-users {args.step_users!r}: use e.g. 1,2,4,8")
         users = step_users[-1]
+    metrics_urls: list[str] = []
+    for url in args.metrics_url:
+        try:
+            root = root_url(url.strip().rstrip("/").removesuffix("/metrics"))
+        except UsageError:
+            raise UsageError(f"--metrics-url {url!r}: use a server's http://HOST:PORT") from None
+        if root not in metrics_urls:
+            metrics_urls.append(root)
     slo = load_slo(args.slo)
     root, api_key, model = resolve_endpoint(args.host, args.api_key, args.model, env)
     if not model:
@@ -173,6 +189,7 @@ def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfi
         request_timeout=parse_duration(args.request_timeout),
         max_requests=args.max_requests,
         ignore_eos=args.ignore_eos,
+        metrics_urls=metrics_urls,
     )
     if config.request_timeout <= 0:
         raise UsageError("--request-timeout must be more than 0")

@@ -46,6 +46,11 @@ class RunConfig:
     request_timeout: float = 120.0
     max_requests: int = 100_000  # per process, a hard bound on the request loop
     ignore_eos: bool = True
+    metrics_urls: list[str] = field(default_factory=list)  # server roots to scrape; empty: host
+
+    def scrape_urls(self) -> list[str]:
+        """Where the server-side figures come from: --metrics-url, else the target."""
+        return list(self.metrics_urls) or [self.host]
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llf_client.metrics import Metrics, MetricsParseError
 from loadtests import EXIT_INVALID, EXIT_PASS
 from loadtests import report as reports
 from loadtests.collect import Collector
 from loadtests.config import RunConfig
 from loadtests.metrics import Sample, metric_values, percentile, summarize
 from loadtests.plan import Stage, build_plan
-from loadtests.prom import stage_summary
+from loadtests.prom import Scrapes, stage_summary
 from loadtests.slo import INVALID, OK, WARN, Check, Slo, TargetResult, evaluate, exit_code
 
 DRAIN_MARGIN = 10.0
@@ -32,8 +33,8 @@ class StageRun:
     stage: Stage
     start: float
     end: float | None = None
-    scrape_start: str | None = None
-    scrape_end: str | None = None
+    scrape_start: Scrapes | None = None
+    scrape_end: Scrapes | None = None
     result: StageResult | None = None
 
 
@@ -63,7 +64,7 @@ class Controller:
         config: RunConfig,
         slo: Slo,
         out: Path,
-        scrape: Callable[[], str | None],
+        scrape: Callable[[], Mapping[str, str | None]],
         recount: Callable[[list[Sample]], int] | None = None,
         clock: Callable[[], float] = time.time,
         log: Callable[[str], None] = _stderr,
@@ -89,6 +90,7 @@ class Controller:
         self.exit_code: int | None = None
         self.result: dict[str, Any] | None = None
         self.metrics_available: bool | None = None
+        self._scrape_noted: set[str] = set()
 
     # -- the load shape ------------------------------------------------------------
 
@@ -123,13 +125,29 @@ class Controller:
         stage = self.runs[-1].stage
         return stage.users, stage.kind
 
-    def _scrape_now(self) -> str | None:
-        text = self._scrape()
-        if self.metrics_available is None:
-            self.metrics_available = text is not None
+    def _scrape_now(self) -> Scrapes:
+        """One scrape of every metrics URL; the first failure of each is said once."""
+        scrapes = self._scrape()
+        for url, text in scrapes.items():
+            if url in self._scrape_noted:
+                continue
+            problem = None
             if text is None:
-                self._log("the server has no /metrics: no server-side cross-check")
-        return text
+                problem = "no /metrics answer"
+            else:
+                try:
+                    Metrics.parse(text)
+                except MetricsParseError as err:
+                    problem = str(err)
+            if problem is not None:
+                self._scrape_noted.add(url)
+                self._log(f"{url or 'the server'}: {problem}: no server-side cross-check from it")
+        if self.metrics_available is None:
+            self.metrics_available = any(text is not None for text in scrapes.values())
+            if not self.metrics_available:
+                hint = "" if self.config.metrics_urls else " (through a gateway, pass the servers' --metrics-url)"
+                self._log(f"no /metrics to read: no server-side cross-check{hint}")
+        return scrapes
 
     def _enter(self, index: int, now: float) -> None:
         stage = self.plan[index]

@@ -30,7 +30,7 @@ from loadtests.collect import CpuMeter, RecordWriter
 from loadtests.config import API_KEY_ENV, CONFIG_ENV, RunConfig
 from loadtests.controller import Controller
 from loadtests.metrics import Sample
-from loadtests.prom import scrape
+from loadtests.prom import scrape_all
 from loadtests.slo import load_slo
 from loadtests.stream import recount_tokens
 
@@ -206,7 +206,8 @@ def on_init(environment: Environment, **_: Any) -> None:
             config,
             load_slo(config.slo_path),
             out,
-            scrape=lambda: scrape(config.host, headers),
+            # The key goes to the target only, never to servers named by --metrics-url.
+            scrape=lambda: scrape_all(config.scrape_urls(), {config.host: headers}),
             recount=lambda samples: recount_tokens(samples, config.host, config.model, headers),
         )
 

@@ -1,18 +1,24 @@
 """The server's own view: vLLM's Prometheus histograms, scraped before and after a stage.
 
-The delta of ``_sum``/``_count`` gives the server-side mean over the stage; the
-delta of the cumulative buckets gives quantile estimates, interpolated within a
-bucket as Prometheus' ``histogram_quantile`` does.
+The text is parsed by llf_client.metrics (the one Prometheus parser of LLF). The
+delta of ``_sum``/``_count`` gives the server-side mean over the stage; the delta of
+the cumulative buckets gives quantile estimates, interpolated within a bucket as
+Prometheus' ``histogram_quantile`` does.
+
+A run may read several ``/metrics`` URLs (``--metrics-url``, one per server behind a
+gateway, which refuses ``/metrics`` itself): each server's delta is taken on its own
+and the deltas are added, so a server that restarted or failed a scrape drops out
+without spoiling the others.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import requests
+
+from llf_client.metrics import Histogram, Metrics, MetricsParseError, histogram_delta
 
 # Our name -> vLLM's histogram family (seconds).
 SERVER_METRICS = {
@@ -23,106 +29,22 @@ SERVER_METRICS = {
 }
 QUANTILES = (50, 90, 95, 99)
 
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\S+)?\s*$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"')
+# One scrape of every metrics URL: url -> its text, None when it failed.
+Scrapes = Mapping[str, str | None]
+
+__all__ = ["Histogram", "QUANTILES", "SERVER_METRICS", "Scrapes", "scrape", "scrape_all", "stage_summary"]
 
 
-@dataclass(frozen=True)
-class Histogram:
-    """Cumulative buckets ``(le, count)`` sorted by ``le``, plus count and sum."""
-
-    buckets: tuple[tuple[float, float], ...]
-    count: float
-    sum: float
-
-    def mean(self) -> float | None:
-        return self.sum / self.count if self.count > 0 else None
-
-    def quantile(self, q: float) -> float | None:
-        """Estimate the q-quantile (0..1) like Prometheus' ``histogram_quantile``."""
-        if self.count <= 0 or not self.buckets:
-            return None
-        rank = q * self.count
-        lower_le, lower_count = 0.0, 0.0
-        for le, cum in self.buckets:
-            if cum >= rank:
-                if math.isinf(le):
-                    return lower_le  # the highest finite bound, as Prometheus does
-                if cum == lower_count:
-                    return le
-                return lower_le + (le - lower_le) * (rank - lower_count) / (cum - lower_count)
-            lower_le, lower_count = le, cum
-        return lower_le
-
-    def in_first_bucket(self, q: float) -> bool:
-        """True when the q-quantile lies in the lowest bucket, where nothing is resolved."""
-        if self.count <= 0 or not self.buckets:
-            return False
-        return self.buckets[0][1] >= q * self.count
-
-    def minus(self, before: Histogram) -> Histogram | None:
-        """The stage's own histogram; None when the counters went back (a restart)."""
-        prior = dict(before.buckets)
-        buckets = tuple((le, cum - prior.get(le, 0.0)) for le, cum in self.buckets)
-        count = self.count - before.count
-        if count < 0 or any(c < 0 for _, c in buckets):
-            return None
-        return Histogram(buckets=buckets, count=count, sum=self.sum - before.sum)
+def metrics_url(url: str) -> str:
+    """``<root>/metrics`` from a server root, an OpenAI base URL or the metrics URL itself."""
+    root = url.strip().rstrip("/").removesuffix("/metrics").removesuffix("/v1")
+    return f"{root}/metrics"
 
 
-def _labels(text: str | None) -> dict[str, str]:
-    if not text:
-        return {}
-    return {k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(text)}
-
-
-def parse_histograms(text: str, model: str | None = None) -> dict[str, Histogram]:
-    """Every histogram family in an exposition, summed over its label sets.
-
-    With ``model``, only series whose ``model_name`` label (if any) equals it count.
-    """
-    buckets: dict[str, dict[float, float]] = {}
-    counts: dict[str, float] = {}
-    sums: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if not m:
-            continue
-        name = m["name"]
-        labels = _labels(m["labels"])
-        if model is not None and labels.get("model_name", model) != model:
-            continue
-        try:
-            value = float(m["value"])
-        except ValueError:
-            continue
-        if name.endswith("_bucket") and "le" in labels:
-            family = name.removesuffix("_bucket")
-            le = float(labels["le"])
-            family_buckets = buckets.setdefault(family, {})
-            family_buckets[le] = family_buckets.get(le, 0.0) + value
-        elif name.endswith("_count"):
-            family = name.removesuffix("_count")
-            counts[family] = counts.get(family, 0.0) + value
-        elif name.endswith("_sum"):
-            family = name.removesuffix("_sum")
-            sums[family] = sums.get(family, 0.0) + value
-    out = {}
-    for family, bs in buckets.items():
-        out[family] = Histogram(
-            buckets=tuple(sorted(bs.items())),
-            count=counts.get(family, 0.0),
-            sum=sums.get(family, 0.0),
-        )
-    return out
-
-
-def scrape(root_url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> str | None:
-    """GET ``<root>/metrics``; None when the server has no such endpoint or fails."""
+def scrape(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> str | None:
+    """GET the metrics page of ``url``; None when the server has no such page or fails."""
     try:
-        response = requests.get(f"{root_url.rstrip('/')}/metrics", headers=headers, timeout=timeout)
+        response = requests.get(metrics_url(url), headers=headers, timeout=timeout)
     except requests.RequestException:
         return None
     if response.status_code != 200:
@@ -130,21 +52,68 @@ def scrape(root_url: str, headers: dict[str, str] | None = None, timeout: float 
     return response.text
 
 
-def stage_summary(before: str | None, after: str | None, model: str | None) -> dict[str, Any]:
+def scrape_all(
+    urls: Sequence[str], headers_for: Mapping[str, dict[str, str]] | None = None, timeout: float = 5.0
+) -> dict[str, str | None]:
+    """One scrape of every URL: url -> text (None where it failed)."""
+    headers_for = headers_for or {}
+    return {url: scrape(url, headers_for.get(url), timeout) for url in urls}
+
+
+def _parse(text: str | None) -> Metrics | None:
+    if text is None:
+        return None
+    try:
+        return Metrics.parse(text)
+    except MetricsParseError:
+        return None
+
+
+def _as_scrapes(value: str | Scrapes | None) -> Scrapes:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return {"": value}
+    return value
+
+
+def merged_deltas(before: str | Scrapes | None, after: str | Scrapes | None, model: str | None) -> dict[str, Any]:
+    """Each family's histogram over the stage, summed over the servers scraped both times.
+
+    Returns ``{"histograms": {family: Histogram}, "servers": [urls used]}``.
+    """
+    first, last = _as_scrapes(before), _as_scrapes(after)
+    where = {"model_name": model} if model is not None else None
+    totals: dict[str, Histogram] = {}
+    used: list[str] = []
+    for url, text in last.items():
+        m1, m0 = _parse(text), _parse(first.get(url))
+        if m0 is None or m1 is None:
+            continue
+        server_used = False
+        for family in SERVER_METRICS.values():
+            delta = histogram_delta(m0, m1, family, where)
+            if delta is None:  # absent, or the server restarted between the scrapes
+                continue
+            totals[family] = totals[family].plus(delta) if family in totals else delta
+            server_used = True
+        if server_used:
+            used.append(url)
+    return {"histograms": totals, "servers": used}
+
+
+def stage_summary(before: str | Scrapes | None, after: str | Scrapes | None, model: str | None) -> dict[str, Any]:
     """Server-side count, mean and quantile estimates (ms) of each histogram over a stage.
 
-    A quantile in the lowest bucket is given as ``pNN_below_ms`` (its upper bound).
+    ``before``/``after`` are one scrape's text or the scrapes of several servers
+    (url -> text). A quantile in the lowest bucket is given as ``pNN_below_ms`` (its
+    upper bound). With several URLs, ``metrics_urls`` lists those that were summed.
     """
-    if before is None or after is None:
-        return {}
-    h0 = parse_histograms(before, model)
-    h1 = parse_histograms(after, model)
+    merged = merged_deltas(before, after, model)
+    histograms: dict[str, Histogram] = merged["histograms"]
     out: dict[str, Any] = {}
     for key, family in SERVER_METRICS.items():
-        if family not in h1:
-            continue
-        empty = Histogram(buckets=(), count=0.0, sum=0.0)
-        delta = h1[family].minus(h0.get(family, empty))
+        delta = histograms.get(family)
         if delta is None:
             continue
         mean = delta.mean()
@@ -161,4 +130,7 @@ def stage_summary(before: str | None, after: str | None, model: str | None) -> d
             value = delta.quantile(q / 100.0)
             entry[f"p{q}_ms"] = None if value is None else value * 1000.0
         out[key] = entry
+    servers = [url for url in merged["servers"] if url]
+    if out and servers and len(_as_scrapes(after)) > 1:
+        out["metrics_urls"] = servers
     return out

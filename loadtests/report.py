@@ -145,6 +145,9 @@ def summary_text(doc: dict[str, Any]) -> str:
                 s = server[key]
                 cells = [_ms(s.get("mean_ms"))] + [_quantile(s, q) for q in (50, 90, 95, 99)]
                 lines.append(f"server {name:<21}" + "".join(f"{c:>9}" for c in cells) + f"  n={s['count']}")
+        if server.get("metrics_urls"):
+            urls = server["metrics_urls"]
+            lines.append(f"server figures: /metrics of {', '.join(urls)}" + (" (summed)" if len(urls) > 1 else ""))
         if not server:
             lines.append("server: no /metrics delta (not vLLM, or not reachable)")
         lines.append(f"{'target':<36}{'measured':>14}{'n':>8}{'needed':>8}  verdict")

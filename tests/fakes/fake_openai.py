@@ -33,6 +33,9 @@ class Behaviour:
     break_with: str = "error"
     tokens: tuple[str, ...] = ("The capital", " of France", " is Paris.")
     waiting: float = 0.0  # vllm:num_requests_waiting
+    # /metrics: these texts one after the other (the last one stays), instead of the queue
+    metrics: list[str] = field(default_factory=list)
+    metrics_status: int = 200  # e.g. 404, as a gateway answers
     requests: list[str] = field(default_factory=list)  # "METHOD /path" seen
 
 
@@ -77,11 +80,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/version":
             self._json(200, {"version": "fake"})
         elif self.path == "/metrics":
-            text = (
-                "# HELP vllm:num_requests_waiting Number of requests waiting.\n"
-                "# TYPE vllm:num_requests_waiting gauge\n"
-                f'vllm:num_requests_waiting{{engine="0",model_name="{b.model}"}} {b.waiting}\n'
-            ).encode()
+            if b.metrics_status != 200:
+                self._error(b.metrics_status, "Not Found")
+                return
+            if b.metrics:
+                text = (b.metrics.pop(0) if len(b.metrics) > 1 else b.metrics[0]).encode()
+            else:
+                text = (
+                    "# HELP vllm:num_requests_waiting Number of requests waiting.\n"
+                    "# TYPE vllm:num_requests_waiting gauge\n"
+                    f'vllm:num_requests_waiting{{engine="0",model_name="{b.model}"}} {b.waiting}\n'
+                ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(text)))

@@ -16,7 +16,6 @@ from llf_client.client import (
     Reply,
     build_messages,
     estimate_tokens,
-    parse_prometheus,
     queue_depth,
     status_error,
     translate_error,
@@ -38,6 +37,7 @@ from llf_client.errors import (
     TLSFailure,
     UnknownHost,
 )
+from llf_client.metrics import MetricsParseError
 
 EP = Endpoint("local", "http://127.0.0.1:8000/v1")
 KEYED = Endpoint("lab", "https://lab:8443/v1", api_key="k")
@@ -245,18 +245,7 @@ vllm:num_requests_waiting{engine="1",model_name="smol"} 2.0 1700000000000
 vllm:num_requests_waiting{engine="0",model_name="other"} 7
 vllm:num_requests_running{engine="0",model_name="smol"} 1.0
 process_open_fds 12
-weird{label="a \\"quoted\\" value"} +Inf
-broken line here
-bad_value{a="b"} notanumber
 """
-
-
-def test_parse_prometheus() -> None:
-    metrics = parse_prometheus(METRICS)
-    assert metrics["process_open_fds"] == [({}, 12.0)]
-    assert metrics["weird"] == [({"label": 'a "quoted" value'}, float("inf"))]
-    assert len(metrics["vllm:num_requests_waiting"]) == 3
-    assert "broken" not in metrics and "bad_value" not in metrics
 
 
 def test_queue_depth_sums_engines_of_the_model() -> None:
@@ -265,6 +254,11 @@ def test_queue_depth_sums_engines_of_the_model() -> None:
     assert queue_depth(METRICS, "absent") == 12.0  # no label matches: all of them
     assert queue_depth("process_open_fds 1\n") is None
     assert queue_depth("vllm:num_requests_waiting NaN\n") == 0.0
+
+
+def test_queue_depth_of_text_that_is_not_prometheus() -> None:
+    with pytest.raises(MetricsParseError, match="line 1 '<html>'"):
+        queue_depth("<html>\n")
 
 
 # --- small helpers --------------------------------------------------------------------

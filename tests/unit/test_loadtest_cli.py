@@ -135,6 +135,7 @@ def args(*extra: str, slo: Path | None = None) -> list[str]:
         (["--shape", "step", "--users", "8", "--duration", "10s"], "at least 5 s per step"),
         (["--request-timeout", "0"], "--request-timeout must be more than 0"),
         (["--slo", "/nonexistent.yaml"], "cannot read SLO file"),
+        (["--metrics-url", "10.0.0.2:8000"], "--metrics-url '10.0.0.2:8000': use a server's http://HOST:PORT"),
     ],
 )
 def test_usage_errors_exit_2(extra: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,6 +174,23 @@ def test_make_config_defaults(tmp_path: Path) -> None:
     assert opened.out.startswith(str(cli.DEFAULT_RESULTS))
     step = cli.make_config(cli.build_parser().parse_args(args("--shape", "step", "--step-users", "1,3")), env={})[0]
     assert (step.users, step.step_users) == (3, [1, 3])
+
+
+def test_metrics_urls_default_to_the_target_and_are_normalized(tmp_path: Path) -> None:
+    plain = cli.make_config(cli.build_parser().parse_args(args()), env={})[0]
+    assert plain.metrics_urls == [] and plain.scrape_urls() == ["http://127.0.0.1:9"]
+    named = args(
+        "--metrics-url",
+        "http://10.231.0.2:8000/metrics",
+        "--metrics-url",
+        "http://10.231.0.3:8000/v1/",
+        "--metrics-url",
+        "http://10.231.0.2:8000",  # the same server again
+    )
+    config = cli.make_config(cli.build_parser().parse_args(named), env={})[0]
+    assert config.scrape_urls() == ["http://10.231.0.2:8000", "http://10.231.0.3:8000"]
+    config.save(tmp_path / "run-config.json")
+    assert RunConfig.load(tmp_path / "run-config.json").metrics_urls == config.metrics_urls  # for Locust
 
 
 def test_plans() -> None:

@@ -49,7 +49,7 @@ class Rig:
         self,
         tmp_path: Path,
         slo: dict[str, object] | None = None,
-        scrapes: list[str | None] | None = None,
+        scrapes: list[Any] | None = None,
         plots: bool = False,
         **config: object,
     ) -> None:
@@ -63,13 +63,18 @@ class Rig:
             self.config,
             parse_slo(slo or PASSING),
             tmp_path,
-            scrape=lambda: self.scrapes.pop(0) if self.scrapes else None,
+            scrape=self._scrape,
             recount=lambda samples: 0,
             clock=self.clock,
             log=self.logs.append,
             plots=plots,
         )
         self.writer = RecordWriter(tmp_path / "raw", "local", pid=1)
+
+    def _scrape(self) -> dict[str, str | None]:
+        """The next scrape: a text stands for the target's, a dict for several servers'."""
+        text = self.scrapes.pop(0) if self.scrapes else None
+        return text if isinstance(text, dict) else {"http://h": text}
 
     def tick(self, at: float) -> tuple[int, str] | None:
         self.clock.now = T0 + at
@@ -141,7 +146,28 @@ def test_missed_target_exits_1(tmp_path: Path) -> None:
     assert rig.tick(11) is None
     assert rig.controller.exit_code == 1
     assert result(tmp_path)["targets"][0]["status"] == "miss"
-    assert "no server-side cross-check" in " ".join(rig.logs)
+    assert "no server-side cross-check (through a gateway, pass the servers' --metrics-url)" in " ".join(rig.logs)
+
+
+def test_servers_named_by_metrics_url_are_summed(tmp_path: Path) -> None:
+    a, b, c = "http://a:8000", "http://b:8000", "http://c:8000"
+    scrapes = [
+        {a: SERVER_BEFORE, b: SERVER_BEFORE, c: "<html>gateway</html>"},
+        {a: server_after(4, 0.05), b: server_after(6, 0.05), c: "<html>gateway</html>"},
+    ]
+    rig = Rig(tmp_path, warmup=0.0, scrapes=scrapes, metrics_urls=[a, b, c])
+    rig.tick(0)
+    for i in range(4):
+        rig.request(1 + i)
+    rig.tick(10)
+    rig.idle(10.5)
+    assert rig.tick(11) is None
+    server = result(tmp_path)["stages"][0]["server"]
+    assert server["ttft"]["count"] == 10 and server["metrics_urls"] == [a, b]
+    logs = " ".join(rig.logs)
+    assert "http://c:8000: not Prometheus text format: line 1 '<html>gateway</html>'" in logs
+    assert logs.count("http://c:8000") == 1  # said once, not at every scrape
+    assert f"server figures: /metrics of {a}, {b} (summed)" in (tmp_path / "summary.txt").read_text()
 
 
 def test_too_few_samples_is_inconclusive(tmp_path: Path) -> None:

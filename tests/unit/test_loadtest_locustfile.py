@@ -199,6 +199,12 @@ def test_init_by_role(
     assert state.role == role and len(spawned) == 1
     assert state.writer is not None and state.writer.path.name.startswith(f"{role}-")
     assert (state.controller is not None) == (role != "worker")
+    if state.controller is not None:
+        calls: list[tuple[object, ...]] = []
+        monkeypatch.setattr(locustfile, "scrape_all", lambda *a: calls.append(a) or {})
+        state.controller._scrape()
+        # the key goes to the target only, never to servers named by --metrics-url
+        assert calls == [([config_file.host], {config_file.host: {"Authorization": "Bearer sk-x"}})]
     locustfile.on_test_start(env)
     assert (state.agent is not None) == (role != "master")
     if state.agent is not None:
