@@ -103,7 +103,7 @@ def test_top_once_json_ttft_agrees_with_the_client(server: Server, tmp_path: Pat
     command = [*llf_client_command(), "top", "--once", "--json", "--interval", "15"]
     top = subprocess.Popen(command, env=top_env(server, tmp_path), stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(3.0)  # top starts and reads once before the requests; the second reading comes after
+        time.sleep(5.0)  # top starts and reads once before the requests; the second reading comes after
         ttfts = ask(server, 8)
         out, _ = top.communicate(timeout=30)
     finally:
