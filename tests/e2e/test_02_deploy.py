@@ -68,6 +68,7 @@ def test_api_key_is_required_and_kept_secret(deployment: Deployment) -> None:
     mode = stat.S_IMODE(SECRETS.stat().st_mode)
     assert mode == 0o640 and SECRETS.owner() == "root" and SECRETS.group() == "llf"
     assert stat.S_IMODE(deployment.endpoints_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(deployment.endpoints_file.parent.stat().st_mode) == 0o700  # created private
     # never on a command line, in a world-readable file or in the deploy's output
     ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert key not in ps

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -165,8 +166,13 @@ def test_servers_that_would_serve_different_models_are_refused(harness: Harness,
 
 
 def test_lab_deploys_two_servers_behind_the_gateway(harness: Harness, lab: Lab) -> None:
+    # the endpoints file's directory exists (the user's, say /tmp): the deploy keeps its mode
+    config_dir = Path(harness.env["LLF_CONFIG"]).parent
+    config_dir.mkdir(exist_ok=True)
+    config_dir.chmod(0o751)
     result = deploy(harness)
     assert result.returncode == 0, result.output[-8000:]
+    assert stat.S_IMODE(config_dir.stat().st_mode) == 0o751
     for host in [*lab.servers, lab.gateway]:
         assert recap(result.output, host)["failed"] == 0
     record_figure(f"lab deploy (wheelhouse and model from the controller, 2 servers + gateway): {result.seconds:.1f} s")
