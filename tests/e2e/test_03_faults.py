@@ -96,7 +96,7 @@ def test_a_deliberate_stop_stays_stopped_a_broken_start_fails_fast_and_a_warm_st
     assert "did not answer" in bad.output and "Last 50 lines of its log" in bad.output
     assert re.search(r"Cause: .*no.such.engine.option", bad.output), bad.output[-4000:]
     waited = re.search(r"Wait for /health to answer 200.*?\n(.*?)\n(?:TASK|RUNNING|fatal)", bad.output, re.S)
-    timings = [float(t) for t in re.findall(r"started again after (\d+) s", bad.output)]
+    timings = [float(t) for t in re.findall(r"(?:started again|stopped trying) after (\d+) s", bad.output)]
     assert timings and timings[0] < 60, waited.group(0) if waited else bad.output[-3000:]
     record_figure(f"supervisor: deploy with a bad engine argument failed {timings[0]:.0f} s into the start")
 

@@ -9,7 +9,7 @@ tests (``e2e``) and kept out of the unit tests.
 The truth is what the fake itself did: when it wrote its first and last chunk, from
 the moment it had read the request. Tolerances: the client can only add time
 (connecting, sending, parsing, scheduling on a busy 2-core machine), so its means may
-exceed the truth by at most CLIENT_SLACK_MS (15 ms) and fall short of it by at most
+exceed the truth by at most CLIENT_SLACK_MS (15 ms; E2EL 25 ms) and fall short of it by at most
 SLEEP_SLACK_MS (2 ms, clock and rounding); TPOT and the pooled ITL, where the client's
 offsets cancel, must agree within 2 ms.
 """
@@ -32,6 +32,9 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_SLACK_MS = 15.0  # the most the client may add to a latency, on average
+# E2EL ends with the last of 33 chunks, each read and parsed while the fake (in this
+# process) and the load generator share two cores: seen 18 ms late once in CI
+E2EL_SLACK_MS = 25.0
 SLEEP_SLACK_MS = 2.0  # the client can never be earlier than the fake; clock rounding
 TTFT_S, ITL_S, TOKENS = 0.200, 0.040, 32  # the "short" scenario asks for 32 tokens
 
@@ -68,8 +71,8 @@ def fake() -> Iterator[FakeSSEServer]:
         yield server
 
 
-def within(measured: float, truth: float) -> bool:
-    return truth - SLEEP_SLACK_MS <= measured <= truth + CLIENT_SLACK_MS
+def within(measured: float, truth: float, slack_ms: float = CLIENT_SLACK_MS) -> bool:
+    return truth - SLEEP_SLACK_MS <= measured <= truth + slack_ms
 
 
 def mean_ms(values: list[float]) -> float:
@@ -95,7 +98,7 @@ def test_measured_timing_agrees_with_the_fake(fake: FakeSSEServer, tmp_path: Pat
     assert true_ttft >= TTFT_S * 1000 and true_e2el >= (TTFT_S + (TOKENS - 1) * ITL_S) * 1000
     assert within(r["mean_ttft_ms"], true_ttft), (r["mean_ttft_ms"], true_ttft)
     assert within(r["mean_ttft_content_ms"], true_ttft), (r["mean_ttft_content_ms"], true_ttft)
-    assert within(r["mean_e2el_ms"], true_e2el), (r["mean_e2el_ms"], true_e2el)
+    assert within(r["mean_e2el_ms"], true_e2el, E2EL_SLACK_MS), (r["mean_e2el_ms"], true_e2el)
     # TPOT: (E2EL - TTFT) / 31; the client's offsets on both ends cancel out.
     assert abs(r["mean_tpot_ms"] - true_tpot) <= SLEEP_SLACK_MS, (r["mean_tpot_ms"], true_tpot)
     # ITL pools 32 gaps per request: the role->first-token gap (~0) and 31 of 40 ms.

@@ -55,7 +55,8 @@ def wait(url: str, timeout: float, command: list[str], interval: float = 2.0) ->
             return 0
         state = service_state(command)
         if any(word in state for word in DEAD):
-            print(f"the service stopped trying before {url} answered: {' '.join(state.split())}", file=sys.stderr)
+            print(f"the service stopped trying after {time.monotonic() - started:.0f} s, before {url} answered: "
+                  f"{' '.join(state.split())}", file=sys.stderr)
             return 1
         start = start_of(state)
         if first is None:
