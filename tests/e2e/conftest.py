@@ -22,7 +22,6 @@ from tests.conftest import REPO, Server, record_figure
 
 MODEL = "smollm2-135m-instruct"
 
-
 # the processes of one vLLM server, as the kernel names them (vLLM sets the titles)
 VLLM_PROCESSES = {
     "API server": "vllm.entrypoints.openai.api_server",
@@ -43,6 +42,8 @@ def server_answers(base_url: str, key: str | None, model: str = MODEL) -> bool:
     except requests.RequestException:
         return False
     return response.status_code == 200
+
+
 INSTALL_TIMEOUT = 3600
 
 

@@ -24,7 +24,6 @@ pytestmark = pytest.mark.e2e
 
 SUPERVISORCTL = ["/opt/llf/supervisor/bin/supervisorctl", "-c", "/etc/llf/supervisord.conf"]
 LOG = Path("/var/log/llf/llf-vllm.log")
-PROCESSES = VLLM_PROCESSES
 
 
 # this machine's own processes only: test hosts' processes are visible here too
@@ -57,9 +56,9 @@ def supervised(deployment: Deployment) -> Deployment:
     return deployment
 
 
-@pytest.mark.parametrize("name", list(PROCESSES))
+@pytest.mark.parametrize("name", list(VLLM_PROCESSES))
 def test_a_killed_vllm_process_comes_back_by_itself(supervised: Deployment, name: str) -> None:
-    pid = oldest_pid(PROCESSES[name])
+    pid = oldest_pid(VLLM_PROCESSES[name])
     assert pid, f"no {name} process found"
     os.kill(pid, 9)
     killed = time.monotonic()
@@ -69,14 +68,13 @@ def test_a_killed_vllm_process_comes_back_by_itself(supervised: Deployment, name
     # ... and answers again with no one doing anything
     wait_answering(supervised.server)
     seconds = time.monotonic() - killed
-    assert oldest_pid(PROCESSES["API server"]) != pid
+    assert oldest_pid(VLLM_PROCESSES["API server"]) != pid
     record_figure(f"supervisor: kill -9 of {name} until answering again: {seconds:.0f} s")
     # nothing of the killed server is left behind
-    for process, pattern in PROCESSES.items():
+    for process, pattern in VLLM_PROCESSES.items():
         count = subprocess.run([*PGREP[:-1], "-c", "-f", pattern], capture_output=True, text=True,
                                check=False).stdout.strip()
         assert count == "1", f"{count} {process} processes run after the restart"
-
 
 
 def test_a_deliberate_stop_stays_stopped_a_broken_start_fails_fast_and_a_warm_start_hits_the_cache(
