@@ -90,20 +90,22 @@ def test_a_deliberate_stop_stays_stopped_a_broken_start_fails_fast_and_a_warm_st
 
     bad_arg = "ARGS=-e '{\"llf_server_extra_args\": {\"no-such-engine-option\": 1}}'"
     bad = harness.make("install", f"MODEL={MODEL}", bad_arg, timeout=900)
+    # the good settings bring it back, with a warm start, before anything about the bad
+    # deploy is judged: the tests after this one need the server whatever happened here
+    started = time.monotonic()
+    good = harness.make("install", f"MODEL={MODEL}", timeout=900)
+    seconds = time.monotonic() - started
+
     assert bad.returncode != 0
-    assert "did not answer" in bad.output and "Last 50 lines of its log" in bad.output
+    assert "did not answer" in bad.output and "Last 50 lines of its log" in bad.output, bad.output[-4000:]
     assert re.search(r"Cause: .*no.such.engine.option", bad.output), bad.output[-4000:]
     waited = re.search(r"Wait for /health to answer 200.*?\n(.*?)\n(?:TASK|RUNNING|fatal)", bad.output, re.S)
     timings = [float(t) for t in re.findall(r"(?:started again|stopped trying) after (\d+) s", bad.output)]
     assert timings and timings[0] < 60, waited.group(0) if waited else bad.output[-3000:]
     record_figure(f"supervisor: deploy with a bad engine argument failed {timings[0]:.0f} s into the start")
 
-    # the good settings bring it back, with a warm start
-    started = time.monotonic()
-    good = harness.make("install", f"MODEL={MODEL}", timeout=900)
     assert good.returncode == 0, good.output[-4000:]
     assert answers(supervised.server)
-    seconds = time.monotonic() - started
     record_figure(f"supervisor: deploy with the good settings again until answering (warm start): {seconds:.0f} s")
     whole_log = LOG.read_text(encoding="utf-8", errors="replace")
     assert "finalize_loading" not in whole_log
