@@ -17,10 +17,14 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shlex
+import socket
 import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -44,7 +48,12 @@ UNINSTALLED_PATHS = (
     "/var/log/nginx/llf-gateway.access.log",
     "/etc/systemd/system/llf-vllm.service",
     "/etc/systemd/system/llf-gateway-health.service",
+    "/etc/systemd/system/prometheus.service.d/llf.conf",
+    "/etc/systemd/system/prometheus-node-exporter.service.d/llf.conf",
+    "/var/lib/prometheus/metrics2",
 )
+WEBHOOK_PORT = 9799  # the controller's alert receiver, on the test hosts' bridge
+DASHBOARD = REPO / "monitoring" / "grafana" / "dashboards" / "llf.json"
 
 
 @dataclass
@@ -55,6 +64,7 @@ class Lab:
     key: str  # the servers' own key, which no client holds
     client_key: str  # the lab-user client's key at the gateway
     ssh: list[str]
+    controller_ip: str  # this machine on the hosts' bridge
 
     def run(self, host: str, command: str) -> subprocess.CompletedProcess[str]:
         address = self.gateway_ip if host == self.gateway else self.servers.get(host, host)
@@ -110,14 +120,80 @@ def lab(harness: Harness) -> Lab:
     ]
     try:
         yield Lab(servers, gateway, gw["ansible_host"], generated["llf_testhosts_api_key"],
-                  generated["llf_testhosts_client_key"], ssh)
+                  generated["llf_testhosts_client_key"], ssh,
+                  yaml.safe_load((INVENTORY / "group_vars" / "all" / "testhosts.yml").read_text())[
+                      "llf_testhosts_controller_ip"])
     finally:
         down = harness.make("testhosts-down", timeout=600)
         assert down.returncode == 0, down.output[-3000:]
 
 
+class AlertReceiver:
+    """Alertmanager's webhook on the controller: keeps every notification it is sent."""
+
+    def __init__(self, address: str) -> None:
+        self.received: list[dict] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((address, WEBHOOK_PORT), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def statuses(self, alertname: str) -> set[str]:
+        return {alert["status"] for message in self.received for alert in message["alerts"]
+                if alert["labels"]["alertname"] == alertname}
+
+
+@pytest.fixture(scope="module")
+def alerts(lab: Lab):
+    receiver = AlertReceiver(lab.controller_ip)
+    yield receiver
+    receiver.server.shutdown()
+
+
+def monitoring_vars(harness: Harness) -> Path:
+    """The lab's monitoring settings: Prometheus every 5 s, alerts after 10 s sent to the
+    controller, and rules generated from the SLO file with a TTFT target no server meets."""
+    where = harness.workdir / "monitoring"
+    if not where.is_dir():
+        where.mkdir()
+        slo = (REPO / "loadtests" / "slo.yaml").read_text()
+        tight = slo.replace("ttft_content p95 <= 500 ms", "ttft_content p95 <= 1 ms")
+        assert tight != slo
+        (where / "slo.yaml").write_text(tight)
+        subprocess.run([str(REPO / "llf_venv/bin/python"), "-m", "loadtests.alerts", "--slo", str(where / "slo.yaml"),
+                        "--rules", str(where / "rules.yml"), "--dashboard", "", "--for", "10s"],
+                       cwd=REPO, check=True, timeout=60)
+        settings = {
+            "llf_monitoring_rules_file": str(where / "rules.yml"),
+            "llf_monitoring_scrape_interval": "5s",
+            "llf_monitoring_evaluation_interval": "5s",
+            "llf_monitoring_alert_group_wait": "5s",
+            "llf_monitoring_alert_group_interval": "10s",
+            "llf_monitoring_alert_webhook_url": f"http://{{{{ llf_testhosts_controller_ip }}}}:{WEBHOOK_PORT}/alerts",
+        }
+        (where / "vars.json").write_text(json.dumps(settings))
+    return where / "vars.json"
+
+
 def deploy(harness: Harness, *args: str):
-    return harness.playbook("deploy.yml", INVENTORY, *args)
+    return harness.playbook("deploy.yml", INVENTORY, "-e", f"@{monitoring_vars(harness)}", *args)
+
+
+def prometheus(lab: Lab, path: str, **params: str) -> dict:
+    """Prometheus' API on the gateway host, where it listens on loopback only."""
+    data = " ".join(f"--data-urlencode {shlex.quote(f'{k}={v}')}" for k, v in params.items())
+    out = lab.run(lab.gateway, f"curl -sS -G {data} http://127.0.0.1:9090/api/v1/{path}")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["data"]
 
 
 def test_published_lab_vault_is_refused_outside_the_test_hosts(harness: Harness, tmp_path: Path) -> None:
@@ -165,7 +241,7 @@ def test_servers_that_would_serve_different_models_are_refused(harness: Harness,
     record_figure(f"different models behind one gateway refused in preflight: {result.seconds:.1f} s")
 
 
-def test_lab_deploys_two_servers_behind_the_gateway(harness: Harness, lab: Lab) -> None:
+def test_lab_deploys_two_servers_behind_the_gateway(harness: Harness, lab: Lab, alerts: AlertReceiver) -> None:
     # the endpoints file's directory exists (the user's, say /tmp): the deploy keeps its mode
     config_dir = Path(harness.env["LLF_CONFIG"]).parent
     config_dir.mkdir(exist_ok=True)
@@ -242,6 +318,10 @@ def test_firewall_opens_the_api_port_only_to_the_gateway_and_controller(lab: Lab
     assert lab.run(lab.gateway, f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {url}").stdout == "200"
     assert requests.get(url, timeout=10).status_code == 200  # the controller
     assert lab.run(second, f"curl -sS -m 5 {url}").returncode != 0  # another server: dropped
+    # the node exporter: open to the monitoring host (the gateway's), dropped from another server
+    node = f"http://{first_ip}:9100/metrics"
+    assert lab.run(lab.gateway, f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {node}").stdout == "200"
+    assert lab.run(second, f"curl -sS -m 5 {node}").returncode != 0
     # vLLM answers its non-inference routes without the key: only the firewall keeps other hosts off them
     assert requests.get(f"http://{first_ip}:8000/version", timeout=10).status_code == 200  # the controller
     for path in ["/version", "/metrics", "/tokenize"]:
@@ -432,6 +512,38 @@ def test_rolling_update_and_a_killed_worker_under_load(harness: Harness, lab: La
     assert not late, late[:3]  # this covers the rollout too, which started after the server came back
 
 
+def test_prometheus_sees_the_fleet_and_its_alerts_reach_the_webhook(lab: Lab, alerts: AlertReceiver) -> None:
+    targets = prometheus(lab, "targets", state="active")["activeTargets"]
+    up = sorted((t["labels"]["job"], t["labels"]["server"]) for t in targets if t["health"] == "up")
+    assert up == sorted([*(("vllm", name) for name in lab.servers), *(("node", name) for name in lab.servers),
+                         ("node", lab.gateway), ("nginx", lab.gateway)]), targets
+    # every panel of the dashboard has data (the load of the rolling update is in the last 5 minutes)
+    dashboard = json.loads(DASHBOARD.read_text())
+    empty = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$server", ".*").replace("$__rate_interval", "5m")
+            if not prometheus(lab, "query", query=expr)["result"]:
+                empty.append(f"{panel['title']}: {expr}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+    # the rolling update and the killed worker took servers down: the alert fired, then resolved;
+    # the TTFT target of the tight SLO file is missed: its alert fired
+    names = ("LLFServerDown", "LLFServerOutOfGateway", "LLFTtftContentP95AboveSlo")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (
+        alerts.statuses(names[0]) == {"firing", "resolved"} and "firing" in alerts.statuses(names[2])
+    ):
+        time.sleep(2)
+    seen = {name: alerts.statuses(name) for name in names}
+    record_figure(f"alerts received by the webhook during the lab's restarts: {seen}")
+    assert seen["LLFServerDown"] == {"firing", "resolved"}, alerts.received[-5:]
+    assert "firing" in seen["LLFTtftContentP95AboveSlo"], alerts.received[-5:]
+    # Prometheus and Alertmanager listen on loopback only
+    for port in (9090, 9093):
+        with pytest.raises(OSError), socket.create_connection((lab.gateway_ip, port), timeout=5):
+            pass
+
+
 def test_second_run_changes_nothing(harness: Harness, lab: Lab) -> None:
     result = deploy(harness, "-e", '{"llf_server_extra_env": {"LLF_ROLLOUT": "2"}}')
     assert result.returncode == 0, result.output[-6000:]
@@ -529,6 +641,9 @@ def test_uninstall_leaves_the_hosts_clean(harness: Harness, lab: Lab) -> None:
         "! systemctl is-enabled nginx",
         "! systemctl is-active nginx",
         "! ss -Hltn 'sport = :80' | grep .",
+        # Prometheus' parts are in the test hosts' base but off: off again
+        "! systemctl is-enabled prometheus prometheus-alertmanager prometheus-node-exporter",
+        "! systemctl is-active prometheus prometheus-alertmanager prometheus-node-exporter",
     ]
     check = "rc=0; " + "".join(f"{{ {c}; }} || rc=1; " for c in checks) + "exit $rc"
     for host in [*lab.servers, lab.gateway]:

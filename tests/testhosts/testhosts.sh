@@ -31,9 +31,10 @@ STOP_TIMEOUT=${TESTHOSTS_STOP_TIMEOUT:-30}       # seconds for a clean poweroff
 # Hosts have no route out: everything they need must be in the base.
 DEFAULT_PKGS="systemd systemd-sysv dbus libpam-systemd python3 python3-venv python3-apt
   libnuma1 libtcmalloc-minimal4 openssh-server iproute2 iputils-ping sudo procps curl
-  ca-certificates nftables nginx openssl rsync"
+  ca-certificates nftables nginx openssl rsync prometheus prometheus-alertmanager
+  prometheus-node-exporter prometheus-nginx-exporter"
 PKGS=$(tr -s ', \t\n' '\n' <<<"${TESTHOSTS_PKGS:-$DEFAULT_PKGS}" | sed '/^$/d' | sort -u | paste -sd,)
-BASE_FORMAT=2   # bump when customise_base changes: the cached base is then rebuilt
+BASE_FORMAT=3   # bump when customise_base changes: the cached base is then rebuilt
 
 BASE=$WORK/base
 HOSTS=$WORK/hosts
@@ -223,9 +224,12 @@ customise_base() {
   # no DNS: the hosts have no route out; a lookup fails at once instead of timing out
   rm -f "$root/etc/resolv.conf"
   echo '# LLF test host: no DNS, no route out (see tests/testhosts/README.md)' >"$root/etc/resolv.conf"
-  # nginx is there because hosts cannot download it, but off until a role enables it;
-  # apt's timers would only fail (no network) and take the dpkg lock under Ansible
-  systemctl --root="$root" --quiet disable nginx.service apt-daily.timer apt-daily-upgrade.timer
+  # nginx and Prometheus' parts are there because hosts cannot download them, but off
+  # until a role enables them; apt's timers would only fail (no network) and take the
+  # dpkg lock under Ansible
+  systemctl --root="$root" --quiet disable nginx.service apt-daily.timer apt-daily-upgrade.timer \
+    prometheus.service prometheus-alertmanager.service prometheus-node-exporter.service \
+    prometheus-nginx-exporter.service
   systemctl --root="$root" --quiet is-enabled nftables.service >/dev/null 2>&1 \
     && systemctl --root="$root" --quiet disable nftables.service
   return 0
@@ -453,7 +457,8 @@ write_inventory() {
     echo "all:"
     echo "  children:"
     emit_group llf_servers 1 $((n > 1 ? n - 1 : 1))
-    if ((n >= 2)); then emit_group llf_gateway "$n" "$n"; fi
+    # the gateway host runs Prometheus and Alertmanager too (inventories/lab's shape)
+    if ((n >= 2)); then emit_group llf_gateway "$n" "$n"; emit_group llf_monitoring "$n" "$n"; fi
   } >"$tmp"
   chmod 644 "$tmp"
   mv "$tmp" "$INVENTORY_DIR/hosts.yml"
