@@ -517,15 +517,18 @@ def test_prometheus_sees_the_fleet_and_its_alerts_reach_the_webhook(lab: Lab, al
     up = sorted((t["labels"]["job"], t["labels"]["server"]) for t in targets if t["health"] == "up")
     assert up == sorted([*(("vllm", name) for name in lab.servers), *(("node", name) for name in lab.servers),
                          ("node", lab.gateway), ("nginx", lab.gateway)]), targets
-    # every panel of the dashboard has data (the load of the rolling update is in the last 5 minutes)
+    # every panel of the dashboard has numbers (the load of the rolling update is in the last 5
+    # minutes), but the model disk's: the test hosts' root is an overlay, which node exporter skips
     dashboard = json.loads(DASHBOARD.read_text())
     empty = []
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             expr = target["expr"].replace("$server", ".*").replace("$__rate_interval", "5m")
-            if not prometheus(lab, "query", query=expr)["result"]:
+            values = [series["value"][1] for series in prometheus(lab, "query", query=expr)["result"]]
+            if not [value for value in values if value != "NaN"]:
                 empty.append(f"{panel['title']}: {expr}")
-    assert not empty, "panels without data:\n" + "\n".join(empty)
+    overlay = lab.run(lab.gateway, "findmnt -n -o FSTYPE /").stdout.strip() == "overlay"
+    assert [entry.split(":")[0] for entry in empty] == (["Model disk free"] if overlay else []), "\n".join(empty)
     # the rolling update and the killed worker took servers down: the alert fired, then resolved;
     # the TTFT target of the tight SLO file is missed: its alert fired
     names = ("LLFServerDown", "LLFServerOutOfGateway", "LLFTtftContentP95AboveSlo")
