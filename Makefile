@@ -11,6 +11,10 @@ MODEL     ?=
 ARGS      ?=
 PURGE     ?= 0
 LOCK_ARGS ?=
+# make install MONITORING=1: Prometheus and Alertmanager on this machine too (llf_monitoring_here);
+# ALERT_WEBHOOK=<url>: where Alertmanager sends the alerts
+MONITORING    ?=
+ALERT_WEBHOOK ?=
 
 # Molecule (make molecule): the roles' scenarios, in the order the roles stand on each other
 MOLECULE_SCENARIOS := llf_host llf_engine llf_model llf_server llf_gateway
@@ -53,7 +57,9 @@ venv: $(VENV)/.installed ## Create the controller venv llf_venv/ (Python 3.11+)
 .PHONY: install
 install: venv ## Deploy the vLLM server to INVENTORY (default: this machine); MODEL= picks a catalog model
 	@start=$$(date +%s); \
-	$(PLAYBOOK) playbooks/deploy.yml $(if $(MODEL),-e llf_model_name=$(MODEL)) $(ARGS); \
+	$(PLAYBOOK) playbooks/deploy.yml $(if $(MODEL),-e llf_model_name=$(MODEL)) \
+	  $(if $(filter 1,$(MONITORING)),-e llf_monitoring_here=true) \
+	  $(if $(ALERT_WEBHOOK),-e llf_monitoring_alert_webhook_url=$(ALERT_WEBHOOK)) $(ARGS); \
 	echo "==> make install took $$(( $$(date +%s) - start )) s"
 
 .PHONY: deploy

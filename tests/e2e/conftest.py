@@ -8,10 +8,13 @@ LLF_CONFIG and llf_venv/ is reached through a symlink (VENV=...), so that the fi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,41 @@ def server_answers(base_url: str, key: str | None, model: str = MODEL) -> bool:
 
 
 INSTALL_TIMEOUT = 3600
+# the local deploy's Alertmanager sends its alerts here (make install ALERT_WEBHOOK=...)
+LOCAL_WEBHOOK = ("127.0.0.1", 9798)
+
+
+class AlertReceiver:
+    """An Alertmanager webhook: keeps every notification it is sent."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.received: list[dict] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(address, Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/alerts"
+
+    def statuses(self, alertname: str) -> set[str]:
+        return {alert["status"] for message in self.received for alert in message["alerts"]
+                if alert["labels"]["alertname"] == alertname}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @dataclass
@@ -114,8 +152,19 @@ def recap(output: str, host: str = "local") -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Harness:
-    return Harness(tmp_path_factory.mktemp("llf-e2e"))
+def local_alerts():
+    receiver = AlertReceiver(LOCAL_WEBHOOK)
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory: pytest.TempPathFactory, local_alerts: AlertReceiver) -> Harness:
+    harness = Harness(tmp_path_factory.mktemp("llf-e2e"))
+    # every local deploy of the tests is monitored (Prometheus and Alertmanager here too)
+    harness.env["MONITORING"] = "1"
+    harness.env["ALERT_WEBHOOK"] = local_alerts.url
+    return harness
 
 
 @pytest.fixture(scope="session")

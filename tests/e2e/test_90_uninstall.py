@@ -28,7 +28,7 @@ GONE = [
 def llf_processes() -> list[str]:
     ps = subprocess.run(["ps", "-ww", "-eo", "user:20,args"], capture_output=True, text=True, check=True).stdout
     return [line for line in ps.splitlines()
-            if line.split()[0] == "llf" or "/opt/llf/" in line or "/etc/llf/" in line]
+            if line.split()[0] in ("llf", "prometheus") or "/opt/llf/" in line or "/etc/llf/" in line]
 
 
 def assert_nothing_left(deployment: Deployment) -> None:
@@ -42,6 +42,14 @@ def assert_nothing_left(deployment: Deployment) -> None:
     dpkg = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "libtcmalloc-minimal4"],
                           capture_output=True, text=True, check=False).stdout
     assert "installed" not in dpkg.split(), "the OS package LLF installed is left"
+    # the monitoring of the local deploy (MONITORING=1): Debian's packages, user and data
+    for package in ("prometheus", "prometheus-alertmanager", "prometheus-node-exporter"):
+        status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package],
+                                capture_output=True, text=True, check=False).stdout
+        assert "installed" not in status.split(), f"{package} is left"
+    with pytest.raises(KeyError):
+        pwd.getpwnam("prometheus")
+    assert not Path("/var/lib/prometheus").exists()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{deployment.server.root_url}/health", timeout=5)
 

@@ -21,10 +21,8 @@ import shlex
 import socket
 import stat
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -33,7 +31,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, record_figure
-from tests.e2e.conftest import MODEL, VLLM_PROCESSES, Harness, recap, server_answers
+from tests.e2e.conftest import MODEL, VLLM_PROCESSES, AlertReceiver, Harness, recap, server_answers
 
 pytestmark = pytest.mark.e2e
 
@@ -128,35 +126,11 @@ def lab(harness: Harness) -> Lab:
         assert down.returncode == 0, down.output[-3000:]
 
 
-class AlertReceiver:
-    """Alertmanager's webhook on the controller: keeps every notification it is sent."""
-
-    def __init__(self, address: str) -> None:
-        self.received: list[dict] = []
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((address, WEBHOOK_PORT), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def statuses(self, alertname: str) -> set[str]:
-        return {alert["status"] for message in self.received for alert in message["alerts"]
-                if alert["labels"]["alertname"] == alertname}
-
-
 @pytest.fixture(scope="module")
 def alerts(lab: Lab):
-    receiver = AlertReceiver(lab.controller_ip)
+    receiver = AlertReceiver((lab.controller_ip, WEBHOOK_PORT))
     yield receiver
-    receiver.server.shutdown()
+    receiver.close()
 
 
 def monitoring_vars(harness: Harness) -> Path:
