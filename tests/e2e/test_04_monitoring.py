@@ -77,13 +77,15 @@ def test_every_panel_has_data_but_the_gateways(monitored: Deployment) -> None:
 
 def test_the_deliberate_stop_reached_the_webhook(monitored: Deployment, local_alerts: AlertReceiver) -> None:
     # the fault tests stopped the server for minutes (LLFServerDown: 1 min); Alertmanager
-    # waits 30 s for more of the group
+    # waits 30 s for more of the group, so the first message may already say "resolved":
+    # either way the alert fired and reached the receiver
     deadline = time.monotonic() + 120
-    while "firing" not in local_alerts.statuses("LLFServerDown") and time.monotonic() < deadline:
+    while not local_alerts.statuses("LLFServerDown") and time.monotonic() < deadline:
         time.sleep(2)
-    assert "firing" in local_alerts.statuses("LLFServerDown"), local_alerts.received[-3:]
+    assert local_alerts.statuses("LLFServerDown") & {"firing", "resolved"}, local_alerts.received[-3:]
     alert = next(a for m in local_alerts.received for a in m["alerts"] if a["labels"]["alertname"] == "LLFServerDown")
-    assert alert["labels"]["server"] == "local"
+    assert alert["labels"]["server"] == "local" and alert["startsAt"]
+    record_figure(f"local Alertmanager sent LLFServerDown: {sorted(local_alerts.statuses('LLFServerDown'))}")
 
 
 def test_prometheus_listens_on_loopback_and_comes_back_when_killed(monitored: Deployment) -> None:
