@@ -48,7 +48,6 @@ UNINSTALLED_PATHS = (
     "/etc/systemd/system/llf-gateway-health.service",
     "/etc/systemd/system/prometheus.service.d/llf.conf",
     "/etc/systemd/system/prometheus-node-exporter.service.d/llf.conf",
-    "/var/lib/prometheus/metrics2",
 )
 WEBHOOK_PORT = 9799  # the controller's alert receiver, on the test hosts' bridge
 DASHBOARD = REPO / "monitoring" / "grafana" / "dashboards" / "llf.json"
@@ -621,6 +620,8 @@ def test_uninstall_leaves_the_hosts_clean(harness: Harness, lab: Lab) -> None:
         # Prometheus' parts are in the test hosts' base but off: off again
         "! systemctl is-enabled prometheus prometheus-alertmanager prometheus-node-exporter",
         "! systemctl is-active prometheus prometheus-alertmanager prometheus-node-exporter",
+        # the samples LLF's Prometheus took are gone, the package's directory stays
+        "test -z \"$(ls -A /var/lib/prometheus/metrics2)\" || { ls -A /var/lib/prometheus/metrics2; false; }",
     ]
     check = "rc=0; " + "".join(f"{{ {c}; }} || rc=1; " for c in checks) + "exit $rc"
     for host in [*lab.servers, lab.gateway]:
