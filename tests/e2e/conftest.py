@@ -48,6 +48,20 @@ def server_answers(base_url: str, key: str | None, model: str = MODEL) -> bool:
 
 
 INSTALL_TIMEOUT = 3600
+DASHBOARD = REPO / "monitoring" / "grafana" / "dashboards" / "llf.json"
+
+
+def dashboard_queries(window: str) -> list[tuple[str, str]]:
+    """(panel title, query) of every target of the dashboard, for all servers over `window`."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [(panel["title"], target["expr"].replace("$server", ".*").replace("$__rate_interval", window))
+            for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def has_numbers(result: list[dict]) -> bool:
+    """A Prometheus instant-query result with at least one value that is a number."""
+    return any(series["value"][1] != "NaN" for series in result)
+
 # the local deploy's Alertmanager sends its alerts here (make install ALERT_WEBHOOK=...)
 LOCAL_WEBHOOK = ("127.0.0.1", 9798)
 

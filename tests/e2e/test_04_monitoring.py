@@ -9,7 +9,6 @@ The same under systemd, with a gateway and alerts resolving, runs on the test ho
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -18,8 +17,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import REPO, record_figure
-from tests.e2e.conftest import AlertReceiver, Deployment
+from tests.conftest import record_figure
+from tests.e2e.conftest import AlertReceiver, Deployment, dashboard_queries, has_numbers
 
 pytestmark = pytest.mark.e2e
 
@@ -63,15 +62,9 @@ def test_prometheus_scrapes_the_server_and_this_host(monitored: Deployment) -> N
 
 
 def test_every_panel_has_data_but_the_gateways(monitored: Deployment) -> None:
-    dashboard = json.loads((REPO / "monitoring" / "grafana" / "dashboards" / "llf.json").read_text())
     root = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "/"], capture_output=True, text=True, check=False)
     expected = GATEWAY_PANELS | ({"Model disk free"} if root.stdout.strip() in ("overlay", "") else set())
-    empty = set()
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            expr = target["expr"].replace("$server", ".*").replace("$__rate_interval", "10m")
-            if not [s for s in query(expr) if s["value"][1] != "NaN"]:
-                empty.add(panel["title"])
+    empty = {title for title, expr in dashboard_queries("10m") if not has_numbers(query(expr))}
     assert empty == expected
 
 

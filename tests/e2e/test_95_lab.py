@@ -31,7 +31,16 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, record_figure
-from tests.e2e.conftest import MODEL, VLLM_PROCESSES, AlertReceiver, Harness, recap, server_answers
+from tests.e2e.conftest import (
+    MODEL,
+    VLLM_PROCESSES,
+    AlertReceiver,
+    Harness,
+    dashboard_queries,
+    has_numbers,
+    recap,
+    server_answers,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +59,6 @@ UNINSTALLED_PATHS = (
     "/etc/systemd/system/prometheus-node-exporter.service.d/llf.conf",
 )
 WEBHOOK_PORT = 9799  # the controller's alert receiver, on the test hosts' bridge
-DASHBOARD = REPO / "monitoring" / "grafana" / "dashboards" / "llf.json"
 
 
 @dataclass
@@ -492,14 +500,8 @@ def test_prometheus_sees_the_fleet_and_its_alerts_reach_the_webhook(lab: Lab, al
                          ("node", lab.gateway), ("nginx", lab.gateway)]), targets
     # every panel of the dashboard has numbers (the load of the rolling update is in the last 5
     # minutes), but the model disk's: the test hosts' root is an overlay, which node exporter skips
-    dashboard = json.loads(DASHBOARD.read_text())
-    empty = []
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            expr = target["expr"].replace("$server", ".*").replace("$__rate_interval", "5m")
-            values = [series["value"][1] for series in prometheus(lab, "query", query=expr)["result"]]
-            if not [value for value in values if value != "NaN"]:
-                empty.append(f"{panel['title']}: {expr}")
+    empty = [f"{title}: {expr}" for title, expr in dashboard_queries("5m")
+             if not has_numbers(prometheus(lab, "query", query=expr)["result"])]
     overlay = lab.run(lab.gateway, "findmnt -n -o FSTYPE /").stdout.strip() == "overlay"
     assert [entry.split(":")[0] for entry in empty] == (["Model disk free"] if overlay else []), "\n".join(empty)
     # the rolling update and the killed worker took servers down: the alert fired, then resolved;
