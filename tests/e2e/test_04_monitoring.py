@@ -48,9 +48,7 @@ def test_prometheus_scrapes_the_server_and_this_host(monitored: Deployment) -> N
     assert up == [("node", "local", "up"), ("vllm", "local", "up")], up
     # one request, seen by Prometheus as vLLM counts it
     before = sum(float(s["value"][1]) for s in query('vllm:request_success_total{job="vllm"}'))
-    requests.post(f"{monitored.server.base_url}/completions", timeout=60,
-                  headers={"Authorization": f"Bearer {monitored.server.api_key}"},
-                  json={"model": monitored.server.model, "prompt": "Hello", "max_tokens": 4})
+    send_completion(monitored)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         after = sum(float(s["value"][1]) for s in query('vllm:request_success_total{job="vllm"}'))
@@ -61,7 +59,20 @@ def test_prometheus_scrapes_the_server_and_this_host(monitored: Deployment) -> N
     record_figure(f"local Prometheus saw a request after {60 - (deadline - time.monotonic()):.0f} s")
 
 
+def send_completion(server: Deployment) -> None:
+    requests.post(f"{server.server.base_url}/completions", timeout=60,
+                  headers={"Authorization": f"Bearer {server.server.api_key}"},
+                  json={"model": server.server.model, "prompt": "Hello", "max_tokens": 4})
+
+
 def test_every_panel_has_data_but_the_gateways(monitored: Deployment) -> None:
+    # the panels draw rates, and a counter a restarted server creates at its first request
+    # has none until Prometheus scrapes it again after another: traffic until it has one
+    served = 'sum(rate(http_requests_total{job="vllm",handler=~"/v1/(chat/completions|completions)"}[10m])) > 0'
+    deadline = time.monotonic() + 120
+    while not has_numbers(query(served)) and time.monotonic() < deadline:
+        send_completion(monitored)
+        time.sleep(16)  # one scrape (15 s) later
     root = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "/"], capture_output=True, text=True, check=False)
     expected = GATEWAY_PANELS | ({"Model disk free"} if root.stdout.strip() in ("overlay", "") else set())
     empty = {title for title, expr in dashboard_queries("10m") if not has_numbers(query(expr))}
