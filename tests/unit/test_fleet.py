@@ -129,8 +129,10 @@ def exposure_run(tmp_path_factory: pytest.TempPathFactory) -> str:
         "hosts": "llf_servers",
         "gather_facts": False,
         "vars": {
-            "llf_host": {"systemd_pid1": True},
-            "llf_model_selected": {"name": "m", "served_name": "m"},
+            "llf_host": {"systemd_pid1": True, "cpu_cores": 2},
+            "llf_engine_selected": "vllm-cpu",
+            "llf_model_selected": {"name": "m", "served_name": "m", "memory_gb": 1},
+            "llf_model_catalog": {"models": {"m": {}}},
             "llf_server_config_dir": str(tmp / "etc"),
         },
         "tasks": [

@@ -157,7 +157,8 @@ def test_gpu_build_checks_gpu_memory() -> None:
 
 def test_filter_module_exports() -> None:
     assert set(catalog_filters.FilterModule().filters()) == {
-        "llf_catalog_errors", "llf_model_candidates", "llf_model_fleet_pick", "llf_model_fleet_conflicts"}
+        "llf_catalog_errors", "llf_model_candidates", "llf_model_fleet_pick", "llf_model_fleet_conflicts",
+        "llf_models_fit", "llf_model_entry"}
 
 
 # --- role layout: defaults and argument specs in sync ---------------------------

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
+
+instances = load_script(REPO / "roles" / "llf_server" / "filter_plugins" / "llf_instances.py")
 
 PLAYBOOK = """
 - hosts: localhost
@@ -42,14 +44,23 @@ def sourced(path: Path, name: str) -> str:
     return result.stdout
 
 
+def _plan(cores: int, bind: str, kv_cache_gb: int) -> list[dict]:
+    """The host's services as llf_server's preflight works them out (one model)."""
+    model = {"name": "m", "served_name": "m", "memory_gb": 1}
+    return instances.llf_server_instances([model], {
+        "service_name": "llf-vllm", "catalog_names": ["m"], "cores": cores, "cpu_threads_bind": bind,
+        "port": 8000, "kv_cache_gb": kv_cache_gb, "memory_max": "auto", "engine": "vllm-cpu",
+        "config_dir": "/etc/llf", "bin_dir": "/opt/llf/bin", "model_paths": {"m": "/m"}, "local_host": "127.0.0.1",
+        "main_url": "u", "public_host": "h",
+    })["instances"]
+
+
 def test_every_value_reaches_the_server_unchanged(tmp_path: Path) -> None:
     env = render(tmp_path, {
         "llf_server_state_dir": "/var/lib/llf/server",
         "llf_server_compile_cache": True,
         "llf_engine_selected": "vllm-cpu",
-        "llf_server_kv_cache_gb": 2,
-        "llf_server_cpu_threads_bind": "0-1|2-3",
-        "llf_host": {"cpu_cores": 4},
+        "llf_server_models": [{"main": True, "cpus": "0-1|2-3", "kv_cache_gb": 2}],
         "llf_server_extra_env": {"LLF_NOTE": "a value; with $HOME, `quotes` and 'apostrophes' | pipes"},
     })
     # a | in the thread binding once made the start script exit 127
@@ -66,9 +77,7 @@ def test_all_cores_and_no_compile_cache(tmp_path: Path) -> None:
         "llf_server_state_dir": "/srv/llf",
         "llf_server_compile_cache": False,
         "llf_engine_selected": "vllm-cpu",
-        "llf_server_kv_cache_gb": 1,
-        "llf_server_cpu_threads_bind": "all",
-        "llf_host": {"cpu_cores": 2},
+        "llf_server_models": _plan(cores=2, bind="all", kv_cache_gb=1),
         "llf_server_extra_env": {},
     })
     assert sourced(env, "VLLM_CPU_OMP_THREADS_BIND") == "0-1"

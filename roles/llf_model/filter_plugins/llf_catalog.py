@@ -110,6 +110,49 @@ def llf_model_fleet_conflicts(fleet: list[str], hostvars: Mapping[str, Any]) -> 
     return ", ".join(f"{host}: {name} (llf_model_name={requested})" for host, (name, requested) in served.items())
 
 
+def llf_models_fit(candidates: list[dict[str, Any]], names: list[str], host: dict[str, Any], build: str,
+                   reserve_gb: float = 1, staged: list[str] | None = None, data_dir: str = "") -> str:
+    """'' when every model of `names` fits the host together, else which one does not and why.
+
+    `candidates` are llf_model_candidates' entries (each model's own fit); the models'
+    memory (GPU memory on the CUDA engine) and the disk of those not staged yet add up,
+    in list order, so the message names the first model that does not fit beside the
+    ones before it.
+    """
+    staged = staged or []
+    by_name = {item["name"]: item for item in candidates}
+    gpu = build == "vllm"
+    key = "gpu_memory_gb" if gpu else "memory_gb"
+    have = float(host.get("gpu_memory_gb" if gpu else "mem_total_gb", 0)) - (0 if gpu else float(reserve_gb))
+    disk_free = float((host.get("disk_free_gb") or {}).get("data", 0.0))
+    memory = disk = 0.0
+    before: list[str] = []
+    for name in names:
+        entry = by_name[name]
+        if entry.get("why"):
+            return f"{name} does not fit: {entry['why']}"
+        memory += float(entry.get(key, 0))
+        if name not in staged:
+            disk += float(entry.get("disk_gb", 0))
+        if memory > have:
+            what = "GPU memory" if gpu else "memory"
+            return (f"{name} does not fit beside {', '.join(before)}: together they need {memory:g} GiB of {what} "
+                    f"and this host has {have:g} GiB{'' if gpu else f' ({float(reserve_gb):g} GiB kept free)'}")
+        if disk > disk_free:
+            return (f"{name} does not fit beside {', '.join(before)}: together they need {disk:g} GB of free disk "
+                    f"in {data_dir} and there are {disk_free:g} GB")
+        before.append(name)
+    return ""
+
+
+def llf_model_entry(name: str, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The candidate entry of one catalog model, by name."""
+    for item in candidates:
+        if item["name"] == name:
+            return item
+    raise KeyError(f"{name} is not in the catalog")
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -117,4 +160,6 @@ class FilterModule:
             "llf_model_candidates": llf_model_candidates,
             "llf_model_fleet_pick": llf_model_fleet_pick,
             "llf_model_fleet_conflicts": llf_model_fleet_conflicts,
+            "llf_models_fit": llf_models_fit,
+            "llf_model_entry": llf_model_entry,
         }
