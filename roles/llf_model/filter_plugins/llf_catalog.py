@@ -7,10 +7,16 @@ from typing import Any
 
 REQUIRED_KEYS = ("source", "served_name", "params_b", "memory_gb", "disk_gb")
 SOURCE_KEYS = {
-    "pypi": ("package", "version", "sha256", "file"),
+    "pypi": ("package", "version", "sha256"),
     "hf": ("repo", "revision"),
     "local": ("path",),
 }
+KINDS = ("chat", "embedding")
+
+
+def kind_of(entry: Mapping[str, Any]) -> str:
+    """The entry's kind: chat unless it says otherwise."""
+    return str(entry.get("kind") or "chat")
 
 
 def catalog_errors(catalog: dict[str, Any]) -> list[str]:
@@ -36,9 +42,24 @@ def catalog_errors(catalog: dict[str, Any]) -> list[str]:
                 errors.append(f"catalog entry {name}: source.{key} is required for a {kind} source")
         if kind == "hf" and len(str(source.get("revision", ""))) != 40:
             errors.append(f"catalog entry {name}: source.revision must be a full 40-character commit sha")
+        if kind == "pypi" and bool(source.get("file")) == bool(source.get("dir")):
+            errors.append(f"catalog entry {name}: a pypi source needs one of source.file "
+                          "(a file in the wheel) or source.dir (a model directory in the wheel)")
+        directory = str(source.get("dir") or "x")
+        if kind == "pypi" and (directory.startswith("/") or directory.endswith("/") or ".." in directory.split("/")):
+            errors.append(f"catalog entry {name}: source.dir must be a relative path inside the wheel "
+                          f"(no leading or trailing '/', no '..'), not {directory!r}")
+        if kind_of(entry) not in KINDS:
+            errors.append(f"catalog entry {name}: kind must be one of {list(KINDS)}, not {entry['kind']!r}")
+        kv_cache = entry.get("kv_cache_gb")
+        if kv_cache is not None and (isinstance(kv_cache, bool) or not isinstance(kv_cache, int) or kv_cache < 1):
+            errors.append(f"catalog entry {name}: kv_cache_gb must be a whole number of GiB (1 or more), "
+                          f"not {kv_cache!r}")
     default = catalog.get("default")
     if default not in models:
         errors.append(f"the catalog's default {default!r} is not one of its models")
+    elif isinstance(models[default], dict) and kind_of(models[default]) != "chat":
+        errors.append(f"the catalog's default {default!r} must be a chat model")
     return errors
 
 
@@ -75,8 +96,17 @@ def llf_model_candidates(catalog: dict[str, Any], host: dict[str, Any], build: s
     result = []
     for name, entry in (catalog.get("models") or {}).items():
         why = fit(entry, host, build, reserve_gb, name in staged, data_dir)
-        result.append(dict(entry, name=name, fits=not why, why=why))
+        result.append(dict(entry, name=name, kind=kind_of(entry), fits=not why, why=why))
     return sorted(result, key=lambda item: float(item.get("params_b", 0)), reverse=True)
+
+
+def llf_model_auto_usable(candidates: list[dict[str, Any]], fetchable: list[str]) -> list[str]:
+    """The names llf_model_name: auto may pick, largest first: chat models that fit and can be fetched.
+
+    Embedding models are never picked: a server of an embedding model answers no chat.
+    """
+    return [item["name"] for item in candidates
+            if item.get("fits") and kind_of(item) == "chat" and item["name"] in fetchable]
 
 
 def llf_model_fleet_pick(usable: list[str], others: list[list[str]], default: str) -> str:
@@ -158,6 +188,7 @@ class FilterModule:
         return {
             "llf_catalog_errors": catalog_errors,
             "llf_model_candidates": llf_model_candidates,
+            "llf_model_auto_usable": llf_model_auto_usable,
             "llf_model_fleet_pick": llf_model_fleet_pick,
             "llf_model_fleet_conflicts": llf_model_fleet_conflicts,
             "llf_models_fit": llf_models_fit,
