@@ -8,6 +8,9 @@ VENV      ?= llf_venv
 INVENTORY ?= inventories/local
 LIMIT     ?=
 MODEL     ?=
+# several models on this machine, comma-separated catalog names, the main one first
+# (make install MODELS=smollm2-135m-instruct,all-minilm-l6-v2)
+MODELS    ?=
 ARGS      ?=
 PURGE     ?= 0
 LOCK_ARGS ?=
@@ -55,9 +58,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 venv: $(VENV)/.installed ## Create the controller venv llf_venv/ (Python 3.11+)
 
 .PHONY: install
-install: venv ## Deploy the vLLM server to INVENTORY (default: this machine); MODEL= picks a catalog model
+install: venv ## Deploy the vLLM server to INVENTORY (default: this machine); MODEL= picks a catalog model, MODELS=a,b several
 	@start=$$(date +%s); \
-	$(PLAYBOOK) playbooks/deploy.yml $(if $(MODEL),-e llf_model_name=$(MODEL)) \
+	$(PLAYBOOK) playbooks/deploy.yml $(if $(MODEL),-e llf_model_name=$(MODEL)) $(if $(MODELS),-e llf_model_list=$(MODELS)) \
 	  $(if $(filter 1,$(MONITORING)),-e llf_monitoring_here=true) \
 	  $(if $(ALERT_WEBHOOK),-e llf_monitoring_alert_webhook_url=$(ALERT_WEBHOOK)) $(ARGS); \
 	echo "==> make install took $$(( $$(date +%s) - start )) s"

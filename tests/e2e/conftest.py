@@ -24,6 +24,9 @@ import yaml
 from tests.conftest import REPO, Server, record_figure
 
 MODEL = "smollm2-135m-instruct"
+# the local deploy serves the embedding model beside it (issue 11: several models per host)
+EMBED_MODEL = "all-minilm-l6-v2"
+INSTALL_MODELS = f"MODELS={MODEL},{EMBED_MODEL}"
 
 # the processes of one vLLM server, as the kernel names them (vLLM sets the titles)
 VLLM_PROCESSES = {
@@ -183,7 +186,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory, local_alerts: AlertReceive
 
 @pytest.fixture(scope="session")
 def deployment(harness: Harness) -> Deployment:
-    result = harness.make("install", f"MODEL={MODEL}")
+    result = harness.make("install", INSTALL_MODELS)
     assert result.returncode == 0, f"make install failed:\n{result.output[-6000:]}"
     record_figure(f"fresh make install: {result.seconds:.1f} s")
     endpoints = yaml.safe_load(harness.endpoints_file.read_text(encoding="utf-8"))["endpoints"]
