@@ -1,10 +1,12 @@
 """Several models on this machine: the one local deploy serves the chat model and the
 embedding model, each as its own supervised vLLM server on its own port and core.
 Taking a model off the list stops and removes only its server (its staged files stay);
-putting it back starts it without restarting the other."""
+putting it back starts it without restarting the other. (A model whose share of the
+cores changes restarts: the removal keeps the chat model on its core by naming it.)"""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -65,7 +67,9 @@ def test_a_model_taken_off_the_list_stops_alone_and_comes_back_alone(
     deployment: Deployment, harness: Harness, embed_url: str
 ) -> None:
     chat_pid = program_pid("llf-vllm")
-    removed = harness.make("install", f"MODELS={MODEL}", timeout=900)
+    # alone, the chat model would get both cores back (a restart): it keeps core 0
+    keep_core = "ARGS=-e '" + json.dumps({"llf_server_model_cpus": {MODEL: "0"}}) + "'"
+    removed = harness.make("install", f"MODELS={MODEL}", keep_core, timeout=900)
     assert removed.returncode == 0, removed.output[-4000:]
     assert program_pid(EMBED_SERVICE) is None
     assert EMBED_SERVICE not in subprocess.run([*SUPERVISORCTL, "status"], capture_output=True, text=True,
