@@ -62,8 +62,7 @@ def reference_embeddings(model_dir: str | Path, texts: Sequence[str]) -> list[li
     return [list(map(float, row)) for row in vectors]
 
 
-def unit_rows(vectors: Sequence[Sequence[float]]) -> np.ndarray:
-    rows = np.asarray(vectors, dtype=np.float64)
+def unit_rows(rows: np.ndarray) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
