@@ -74,7 +74,8 @@ class Endpoint:
 
 def config_dir(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    base = env.get("XDG_CONFIG_HOME") or str(home / ".config")
     return Path(base) / "llf"
 
 
