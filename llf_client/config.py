@@ -209,7 +209,9 @@ def load_endpoints_file(path: Path) -> list[Endpoint]:
             )
         kind = _optional_str(entry.get("kind"), "kind", at) or "chat"
         if kind not in KINDS:
-            raise ConfigError(f"kind must be chat or embedding, not {kind!r}", where=at)
+            raise ConfigError(
+                f"kind must be chat or embedding, not {kind!r}", where=at, hint="correct the entry's kind"
+            )
         endpoints.append(
             Endpoint(
                 name=name,
