@@ -20,9 +20,9 @@ from typing import Any, TextIO
 from . import __version__, top
 from .client import (
     DEFAULT_TIMEOUT,
+    Embeddings,
     EndpointClient,
     GenParams,
-    Embeddings,
     Message,
     Reply,
     Router,

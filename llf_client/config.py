@@ -413,7 +413,9 @@ def load_inventory(source: str | Path, *, api_key: str | None = None) -> Invento
     where = f"inventory {source}"
     path = Path(source).expanduser()
     if not path.exists():
-        raise ConfigError("no such file or folder", where=where, hint="pass the inventory folder, like inventories/local")
+        raise ConfigError(
+            "no such file or folder", where=where, hint="pass the inventory folder, like inventories/local"
+        )
     groups, hostvars = inventory_hostvars(path)
     if INVENTORY_GROUP not in groups:
         raise ConfigError(

@@ -43,7 +43,9 @@ def test_commands_pick_entries_by_kind_and_model(tmp_path: Path) -> None:
 
     # chat: the first entry's model, bursting only to entries serving it
     assert names(kind="chat") == [("local", CHAT), ("gw-gateway", CHAT), ("spare", CHAT)]
-    assert names(kind="chat", model="qwen") == [("local-qwen", "qwen"), ("gw-gateway-qwen", "qwen"), ("spare", "qwen")]
+    assert names(kind="chat", model="qwen") == [
+        ("local-qwen", "qwen"), ("gw-gateway-qwen", "qwen"), ("spare", "qwen")
+    ]
     assert names(kind="embedding") == [("local-all-minilm", EMB)]
     assert len(names()) == 6  # models, health, smoke, top: every entry
     with pytest.raises(ConfigError) as info:
@@ -71,7 +73,10 @@ def test_a_bad_kind_is_a_config_error(tmp_path: Path) -> None:
     file = endpoints_file(tmp_path, {"name": "a", "base_url": "http://h:1/v1", "kind": "rerank"})
     with pytest.raises(ConfigError) as info:
         resolve_endpoints(endpoints_file=file, env={})
-    assert info.value.one_line() == f"endpoints file {file}, entry 1: kind must be chat or embedding, not 'rerank' (hint: correct the entry's kind)"
+    assert info.value.one_line() == (
+        f"endpoints file {file}, entry 1: kind must be chat or embedding, not 'rerank' "
+        "(hint: correct the entry's kind)"
+    )
 
 
 def test_embed_prints_dimensions_numbers_and_similarities(

@@ -141,7 +141,9 @@ def test_the_template_writes_one_entry_per_model(tmp_path: Path, models: str | N
         "hostvars": {
             "s1": server,
             "s2": {},  # not in this run (--limit): no entry
-            "gw": {"llf_gateway_url": "https://gw:8443/v1", "llf_gateway_ca_path": "/c.pem", "llf_gateway_client_key": "g"},
+            "gw": {
+                "llf_gateway_url": "https://gw:8443/v1", "llf_gateway_ca_path": "/c.pem", "llf_gateway_client_key": "g"
+            },
         },
     }
     text = (REPO / "templates" / "endpoints.yml.j2").read_text()

@@ -21,8 +21,8 @@ from loadtests.config import (
     root_url,
 )
 from loadtests.errors import ServerError, UsageError
-from loadtests.plan import build_plan, step_levels
 from loadtests.metrics import Sample
+from loadtests.plan import build_plan, step_levels
 from loadtests.prom import scrape, scrape_all
 from loadtests.stream import recount_tokens
 from tests.fakes.fake_sse import MODEL, FakeSSEServer
