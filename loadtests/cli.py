@@ -26,10 +26,9 @@ from loadtests.config import (
     DEFAULT_HOST,
     SHAPES,
     RunConfig,
-    endpoints_path,
+    chat_endpoints,
     first_model,
     parse_duration,
-    read_endpoint,
     root_url,
 )
 from loadtests.errors import LoadtestError, NoResultError, UsageError
@@ -57,10 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--host",
         help="server root or OpenAI base URL (default: $LLF_BASE_URL, $OPENAI_BASE_URL, "
-        f"the first entry of the endpoints file, else {DEFAULT_HOST})",
+        f"the first chat entry of the endpoints file (serving --model), else {DEFAULT_HOST})",
     )
     run.add_argument("--api-key", help="API key (default: $LLF_API_KEY, $OPENAI_API_KEY, endpoints file)")
     run.add_argument("--model", help="model name (default: endpoints file, else the first in /v1/models)")
+    run.add_argument(
+        "--ca-cert",
+        metavar="PEM",
+        help="CA certificate to trust for https, on every request (default: $LLF_CA_CERT, the endpoints "
+        "file's ca_cert for its server, $REQUESTS_CA_BUNDLE)",
+    )
     run.add_argument("--scenario", choices=sorted(SCENARIOS), default="short")
     run.add_argument(
         "--shape",
@@ -107,23 +112,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_endpoint(
-    host: str | None, api_key: str | None, model: str | None, env: dict[str, str]
-) -> tuple[str, str | None, str | None]:
-    """Host, key and model from the options, the environment, the endpoints file."""
-    entry = read_endpoint(endpoints_path(env))
+    host: str | None, api_key: str | None, model: str | None, env: dict[str, str], ca_cert: str | None = None
+) -> tuple[str, str | None, str | None, str | None]:
+    """Host, key, model and CA file from the options, the environment, the endpoints file.
+
+    Without a host, the file's first chat entry serving ``--model`` (else its first chat
+    entry) is the target. An entry's key, model and ``ca_cert`` belong to its own server only.
+    """
+    entries = chat_endpoints(env)
     host = host or env.get("LLF_BASE_URL") or env.get("OPENAI_BASE_URL")
-    from_file = False
-    if not host and entry is not None:
-        host, from_file = entry["base_url"], True
-    root = root_url(host or DEFAULT_HOST)
-    # The file's key and model belong to the file's server only.
-    same = entry is not None and (from_file or root_url(entry["base_url"]) == root)
+    root = root_url(host) if host else None
+    candidates = [e for e in entries if root is None or root_url(e.base_url) == root]
+    entry = next((e for e in candidates if model and e.model == model), None) or next(
+        (e for e in candidates if not model or e.model is None), None
+    )
+    if entry is None and root is None and candidates:
+        entry = candidates[0]  # --model names a model the file does not: its first server
+    if root is None:
+        root = root_url(entry.base_url if entry is not None else DEFAULT_HOST)
     api_key = api_key or env.get("LLF_API_KEY") or env.get("OPENAI_API_KEY")
-    if not api_key and same and entry is not None and entry.get("api_key"):
-        api_key = str(entry["api_key"])
-    if not model and same and entry is not None and entry.get("model"):
-        model = str(entry["model"])
-    return root, api_key, model
+    if entry is not None:
+        api_key = api_key or entry.api_key
+        model = model or entry.model
+    ca_cert = ca_cert or env.get("LLF_CA_CERT") or (entry.ca_cert if entry else None) or env.get("REQUESTS_CA_BUNDLE")
+    return root, api_key, model, ca_cert or None
 
 
 def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfig, str | None]:
@@ -167,9 +179,11 @@ def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfi
         if root not in metrics_urls:
             metrics_urls.append(root)
     slo = load_slo(args.slo)
-    root, api_key, model = resolve_endpoint(args.host, args.api_key, args.model, env)
+    root, api_key, model, ca_cert = resolve_endpoint(args.host, args.api_key, args.model, env, args.ca_cert)
+    if ca_cert and not Path(ca_cert).is_file():
+        raise UsageError(f"CA certificate {ca_cert} is not a file: fix --ca-cert, LLF_CA_CERT or the endpoints file")
     if not model:
-        model = first_model(root, api_key)
+        model = first_model(root, api_key, ca_cert=ca_cert)
     out = Path(args.out) if args.out else DEFAULT_RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     config = RunConfig(
         host=root,
@@ -190,6 +204,7 @@ def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfi
         max_requests=args.max_requests,
         ignore_eos=args.ignore_eos,
         metrics_urls=metrics_urls,
+        ca_cert=str(Path(ca_cert).resolve()) if ca_cert else None,
     )
     if config.request_timeout <= 0:
         raise UsageError("--request-timeout must be more than 0")

@@ -8,15 +8,15 @@ that file nor onto a command line: it travels in ``LLF_LOADTEST_API_KEY``.
 from __future__ import annotations
 
 import json
-import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import requests
-import yaml
 
+from llf_client.config import Endpoint, default_endpoints_path, load_endpoints_file
+from llf_client.errors import ConfigError
 from loadtests.errors import ServerError, UsageError
 
 CONFIG_ENV = "LLF_LOADTEST_CONFIG"
@@ -47,6 +47,7 @@ class RunConfig:
     max_requests: int = 100_000  # per process, a hard bound on the request loop
     ignore_eos: bool = True
     metrics_urls: list[str] = field(default_factory=list)  # server roots to scrape; empty: host
+    ca_cert: str | None = None  # a PEM file trusted for https, every request (the gateway's CA)
 
     def scrape_urls(self) -> list[str]:
         """Where the server-side figures come from: --metrics-url, else the target."""
@@ -86,39 +87,33 @@ def root_url(url: str) -> str:
     return url.removesuffix("/v1")
 
 
-def endpoints_path(env: dict[str, str] | None = None) -> Path:
-    """``$LLF_CONFIG`` or ``${XDG_CONFIG_HOME:-~/.config}/llf/endpoints.yml``."""
-    env = dict(os.environ) if env is None else env
-    if env.get("LLF_CONFIG"):
-        return Path(env["LLF_CONFIG"])
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
-    return Path(base) / "llf" / "endpoints.yml"
+def chat_endpoints(env: Mapping[str, str]) -> list[Endpoint]:
+    """The chat entries of the endpoints file the deploy writes (none without the file).
 
-
-def read_endpoint(path: Path) -> dict[str, Any] | None:
-    """The first entry of the endpoints file the deploy writes, if there is one."""
+    Read by llf_client's reader, the one reader of that file.
+    """
+    path = default_endpoints_path(env)
     if not path.is_file():
-        return None
+        return []
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise UsageError(f"cannot read endpoints file {path}: {e}") from None
-    entries = data.get("endpoints") if isinstance(data, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise UsageError(f"endpoints file {path} has no 'endpoints' list")
-    first = entries[0]
-    if not isinstance(first, dict) or not isinstance(first.get("base_url"), str):
-        raise UsageError(f"endpoints file {path}: the first entry has no base_url")
-    return first
+        return [e for e in load_endpoints_file(path) if e.kind == "chat"]
+    except ConfigError as e:
+        raise UsageError(e.one_line()) from None
 
 
-def first_model(root: str, api_key: str | None, timeout: float = 10.0) -> str:
+def verify(ca_cert: str | None) -> str | bool:
+    """requests' ``verify``: the CA file to trust for https, else the default bundle."""
+    return ca_cert or True
+
+
+def first_model(root: str, api_key: str | None, timeout: float = 10.0, ca_cert: str | None = None) -> str:
     """The first model the server lists at /v1/models."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = requests.get(f"{root}/v1/models", headers=headers, timeout=timeout)
+        response = requests.get(f"{root}/v1/models", headers=headers, timeout=timeout, verify=verify(ca_cert))
     except requests.RequestException as e:
-        raise ServerError(f"cannot reach {root}/v1/models: {type(e).__name__}") from None
+        reason = "certificate not trusted (pass --ca-cert)" if isinstance(e, requests.exceptions.SSLError) else ""
+        raise ServerError(f"cannot reach {root}/v1/models: {reason or type(e).__name__}") from None
     if response.status_code != 200:
         raise ServerError(f"{root}/v1/models answered HTTP {response.status_code}")
     try:
