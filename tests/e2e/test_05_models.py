@@ -16,6 +16,7 @@ import requests
 
 from tests.conftest import record_figure
 from tests.e2e.conftest import EMBED_MODEL, INSTALL_MODELS, MODEL, Deployment, Harness, recap
+from tests.e2e.embeddings import check_embeddings
 
 pytestmark = pytest.mark.e2e
 
@@ -61,6 +62,15 @@ def test_each_model_is_its_own_server_on_its_own_port_and_core(deployment: Deplo
     assert len(vectors[0]["embedding"]) == 384
     # the key is checked on this server too
     assert embed(embed_url, "wrong-key", ["x"]).status_code == 401
+
+
+def test_embeddings_agree_with_sentence_transformers(deployment: Deployment, embed_url: str) -> None:
+    """The served vectors are the model's: sentence-transformers' own, from the same staged
+    directory, within 1e-3 cosine; similar sentences score higher than unrelated ones."""
+    figures = check_embeddings(embed_url, deployment.server.api_key, EMBED_MODEL,
+                               f"/var/lib/llf/models/{EMBED_MODEL}/model", dimensions=384)
+    record_figure(f"embeddings: {figures.dimensions} dims, max deviation from sentence-transformers "
+                  f"{figures.max_deviation:.2e}, similar {figures.similar:.3f} vs unrelated {figures.unrelated:.3f}")
 
 
 def test_a_model_taken_off_the_list_stops_alone_and_comes_back_alone(
