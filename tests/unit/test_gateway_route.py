@@ -31,6 +31,7 @@ gateway_health = load_script(ROLE / "files" / "llf_gateway_health.py")
 
 SERVERS_KEY = "servers-key-0123456789"
 CLIENT_KEY = "client-key-0123456789"
+TINY_KEY = "tiny-key-0123456789ab"  # one request a minute
 
 
 # --- the router's decisions (njs CLI) -------------------------------------------------
@@ -230,7 +231,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, fake_servers: dict[str, in
             {"name": "all-minilm-l6-v2", "served_name": "minilm", "kind": "embedding", "port": fake_servers["b"],
              "max_model_len": 512}]},
     ]
-    nginx, gw = start_gateway(tmp_path_factory.mktemp("gw"), backends, [{"name": "tester", "key": CLIENT_KEY}])
+    clients = [{"name": "tester", "key": CLIENT_KEY}, {"name": "tiny", "key": TINY_KEY, "requests_per_minute": 1}]
+    nginx, gw = start_gateway(tmp_path_factory.mktemp("gw"), backends, clients)
     yield gw
     nginx.terminate()
     nginx.wait(timeout=10)
@@ -293,3 +295,57 @@ def test_gateway_checks_the_key_before_routing(gateway: Gateway) -> None:
     assert requests.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {SERVERS_KEY}"},
                         verify=gateway.ca, timeout=30).status_code == 401
     assert post(gateway, "/tokenize", {"model": "chat"}).status_code == 404
+
+
+def test_gateway_limits_a_client_before_routing(gateway: Gateway) -> None:
+    assert post(gateway, "/v1/embeddings", {"model": "minilm", "input": "x"}, key=TINY_KEY).status_code == 200
+    limited = post(gateway, "/v1/embeddings", {"model": "unknown-too", "input": "x"}, key=TINY_KEY)
+    assert limited.status_code == 429
+    assert limited.headers["Retry-After"] == "60"
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+# --- the backends the preflight works out (filter_plugins/llf_gateway_backends.py) ------
+
+backends_filter = load_script(ROLE / "filter_plugins" / "llf_gateway_backends.py")
+
+
+def server_models(port: int) -> list[dict[str, Any]]:
+    """A server's llf_server_models as llf_server's preflight sets it (keys the gateway ignores too)."""
+    return [
+        {"name": "smollm2-135m-instruct", "served_name": "smollm2", "kind": "chat", "port": port,
+         "max_model_len": None, "service": "llf-vllm", "url": f"http://h:{port}/v1", "model": {"memory_gb": 1}},
+        {"name": "all-minilm-l6-v2", "served_name": "minilm", "kind": "embedding", "port": port + 6,
+         "max_model_len": 512, "service": "llf-vllm-all-minilm-l6-v2"},
+    ]
+
+
+def test_backends_come_from_each_servers_models() -> None:
+    servers = [{"name": "s1", "address": "10.0.0.1", "port": 8000, "models": server_models(8000),
+                "main_served_name": "ignored"}]
+    assert backends_filter.llf_gateway_backends(servers, "") == [{"name": "s1", "address": "10.0.0.1", "models": [
+        {"name": "smollm2-135m-instruct", "served_name": "smollm2", "kind": "chat", "port": 8000,
+         "max_model_len": None},
+        {"name": "all-minilm-l6-v2", "served_name": "minilm", "kind": "embedding", "port": 8006, "max_model_len": 512},
+    ]}]
+
+
+def test_servers_this_run_did_not_check_keep_what_the_gateway_has() -> None:
+    """A deploy --limit-ed to the gateway: s1 keeps its models from backends.json, s2 (new
+    to the gateway) gets its main model at llf_server_port."""
+    checked = [{"name": "s1", "address": "10.0.0.1", "port": 8000, "models": server_models(8000),
+                "main_served_name": "smollm2"}]
+    stored = json.dumps({"backends": backends_filter.llf_gateway_backends(checked, ""), "upstream_file": "/u",
+                         "drain_dir": "/d"})
+    unchecked = [{"name": "s1", "address": "10.0.0.1", "port": 8000, "models": None, "main_served_name": "smollm2"},
+                 {"name": "s2", "address": "10.0.0.2", "port": 9000, "models": None, "main_served_name": "qwen"}]
+    backends = backends_filter.llf_gateway_backends(unchecked, stored)
+    assert backends[0] == backends_filter.llf_gateway_backends(checked, "")[0]
+    assert backends[1] == {"name": "s2", "address": "10.0.0.2", "models": [
+        {"name": "qwen", "served_name": "qwen", "kind": "chat", "port": 9000, "max_model_len": None}]}
+    # the gateway's file before routing by model (no models per backend): the same fallback
+    old = json.dumps({"upstream": "llf_vllm", "backends": [{"name": "s1", "address": "10.0.0.1", "port": 8000}],
+                      "upstream_file": "/u", "drain_dir": "/d"})
+    assert backends_filter.llf_gateway_backends(unchecked[:1], old)[0]["models"] == [
+        {"name": "smollm2", "served_name": "smollm2", "kind": "chat", "port": 8000, "max_model_len": None}]
+    assert backends_filter.FilterModule().filters()["llf_gateway_backends"] is backends_filter.llf_gateway_backends

@@ -173,7 +173,8 @@ def test_gateway_marks_failing_and_drained_servers_down(server: tuple[str, int],
     # a rolling update drains c
     (tmp_path / "drain" / "c").write_text("")
     assert gateway_health.check_once(gateway_health.read_config(path)) is True
-    assert f"server {host}:{port} max_fails=1 fail_timeout=10s down;  # c drained" in (tmp_path / "upstream.conf").read_text()
+    upstream = (tmp_path / "upstream.conf").read_text()
+    assert f"server {host}:{port} max_fails=1 fail_timeout=10s down;  # c drained" in upstream
     assert "a=up, b=down, c=drained" in capsys.readouterr().out
     # what it saw, as node exporter's textfile collector reads it
     families = {f.name: f for f in text_string_to_metric_families((tmp_path / "gateway.prom").read_text())}
