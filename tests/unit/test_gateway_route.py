@@ -254,6 +254,9 @@ def test_gateway_routes_each_request_to_its_models_server(gateway: Gateway) -> N
     embedded = post(gateway, "/v1/embeddings", {"model": "minilm", "input": "hi"}).json()
     assert (embedded["server"], embedded["path"]) == ("b", "/v1/embeddings")
     assert post(gateway, "/v1/completions", {"model": "chat", "prompt": "x"}).json()["server"] == "a"
+    # a long prompt (about 2 MB, well past nginx's default body buffer) arrives whole
+    long = {"model": "minilm", "input": ["ä" * 1000 + str(n) for n in range(1000)]}
+    assert json.loads(post(gateway, "/v1/embeddings", long).json()["body"]) == long
 
 
 def test_gateway_streams_unbuffered(gateway: Gateway) -> None:
