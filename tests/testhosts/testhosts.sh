@@ -31,8 +31,8 @@ STOP_TIMEOUT=${TESTHOSTS_STOP_TIMEOUT:-30}       # seconds for a clean poweroff
 # Hosts have no route out: everything they need must be in the base.
 DEFAULT_PKGS="systemd systemd-sysv dbus libpam-systemd python3 python3-venv python3-apt
   libnuma1 libtcmalloc-minimal4 openssh-server iproute2 iputils-ping sudo procps curl
-  ca-certificates nftables nginx openssl rsync prometheus prometheus-alertmanager
-  prometheus-node-exporter prometheus-nginx-exporter"
+  ca-certificates nftables nginx libnginx-mod-http-js openssl rsync prometheus
+  prometheus-alertmanager prometheus-node-exporter prometheus-nginx-exporter"
 PKGS=$(tr -s ', \t\n' '\n' <<<"${TESTHOSTS_PKGS:-$DEFAULT_PKGS}" | sed '/^$/d' | sort -u | paste -sd,)
 BASE_FORMAT=3   # bump when customise_base changes: the cached base is then rebuilt
 

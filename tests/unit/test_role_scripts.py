@@ -121,9 +121,14 @@ def test_wait_usage() -> None:
 # --- llf_gateway_health ---------------------------------------------------------
 
 def config(tmp_path: Path, backends: list[dict]) -> Path:
+    """backends.json; a backend given with a port (no models) serves model m on it."""
+    for backend in backends:
+        if "port" in backend:
+            backend["models"] = [{"name": "m", "served_name": "m", "port": backend.pop("port")}]
     path = tmp_path / "backends.json"
     path.write_text(json.dumps({
-        "upstream": "llf_vllm", "backends": backends, "upstream_file": str(tmp_path / "upstream.conf"),
+        "backends": backends, "upstream_file": str(tmp_path / "upstream.conf"),
+        "models_file": str(tmp_path / "models.json"),
         "drain_dir": str(tmp_path / "drain"), "timeout": 2, "metrics_file": str(tmp_path / "gateway.prom"),
         "reload_command": [sys.executable, "-c", f"open({str(tmp_path / 'reloads')!r}, 'a').write('x')"],
     }))
@@ -134,6 +139,19 @@ def config(tmp_path: Path, backends: list[dict]) -> Path:
 def reloads(tmp_path: Path) -> int:
     path = tmp_path / "reloads"
     return len(path.read_text()) if path.exists() else 0
+
+
+def upstreams(tmp_path: Path) -> dict[str, list[str]]:
+    """The upstream file: upstream name -> its server lines."""
+    found: dict[str, list[str]] = {}
+    current = ""
+    for line in (tmp_path / "upstream.conf").read_text().splitlines():
+        if line.startswith("upstream "):
+            current = line.split()[1]
+            found[current] = []
+        elif line.strip().startswith("server "):
+            found[current].append(line.strip())
+    return found
 
 
 def test_gateway_marks_failing_and_drained_servers_down(server: tuple[str, int], tmp_path: Path,
@@ -150,13 +168,14 @@ def test_gateway_marks_failing_and_drained_servers_down(server: tuple[str, int],
     assert f"server {host}:{dead} max_fails=1 fail_timeout=10s down;  # b" in upstream
     assert reloads(tmp_path) == 1
     # nothing changed: no rewrite, no reload
-    assert gateway_health.check_once(json.loads(path.read_text())) is False
+    assert gateway_health.check_once(gateway_health.read_config(path)) is False
     assert reloads(tmp_path) == 1
     # a rolling update drains c
     (tmp_path / "drain" / "c").write_text("")
-    assert gateway_health.check_once(json.loads(path.read_text())) is True
-    assert f"server {host}:{port} max_fails=1 fail_timeout=10s down;  # c" in (tmp_path / "upstream.conf").read_text()
-    assert "c=drained" in capsys.readouterr().out
+    assert gateway_health.check_once(gateway_health.read_config(path)) is True
+    upstream = (tmp_path / "upstream.conf").read_text()
+    assert f"server {host}:{port} max_fails=1 fail_timeout=10s down;  # c drained" in upstream
+    assert "a=up, b=down, c=drained" in capsys.readouterr().out
     # what it saw, as node exporter's textfile collector reads it
     families = {f.name: f for f in text_string_to_metric_families((tmp_path / "gateway.prom").read_text())}
     up = {s.labels["server"]: s.value for s in families["llf_gateway_backend_up"].samples}
@@ -166,8 +185,74 @@ def test_gateway_marks_failing_and_drained_servers_down(server: tuple[str, int],
     assert abs(checked - time.time()) < 600
 
 
+def test_gateway_writes_an_upstream_per_model(server: tuple[str, int], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Two servers: both serve the chat model, one also the embedding model on a port that
+    does not answer; a drain takes a server out of every model's upstream."""
+    host, port = server
+    dead = free_port()
+    chat = {"name": "smollm2-135m-instruct", "served_name": "smollm2", "kind": "chat", "port": port,
+            "max_model_len": 4096}
+    path = config(tmp_path, [
+        {"name": "a", "address": host, "models": [chat, {"name": "all-minilm-l6-v2", "served_name": "minilm/é",
+                                                           "kind": "embedding", "port": dead, "max_model_len": 512}]},
+        {"name": "b", "address": "127.0.0.2", "models": [{**chat, "max_model_len": 2048}]},
+    ])
+    gateway_health.check_once(gateway_health.read_config(path))
+    chat_up, embed_up = gateway_health.upstream_name("smollm2"), gateway_health.upstream_name("minilm/é")
+    assert embed_up == "llf_model_" + "minilm/é".encode().hex()
+    flags = "max_fails=1 fail_timeout=10s"
+    assert upstreams(tmp_path) == {
+        # b does not answer (nothing listens on 127.0.0.2) while a does: b is out
+        chat_up: [f"server {host}:{port} {flags};  # a", f"server 127.0.0.2:{port} {flags} down;  # b"],
+        # the embedding model's only server does not answer: kept in, nginx tries it
+        embed_up: [f"server {host}:{dead} {flags};  # a"],
+    }
+    assert f"a=down, a:{port}=up, a:{dead}=down, b=down" in capsys.readouterr().out
+    # GET /v1/models: every model once, the smallest context length of its servers
+    listed = json.loads((tmp_path / "models.json").read_text())
+    created = int(path.stat().st_mtime)
+    assert listed == {"object": "list", "data": [
+        {"id": "smollm2", "object": "model", "created": created, "owned_by": "vllm", "max_model_len": 2048},
+        {"id": "minilm/é", "object": "model", "created": created, "owned_by": "vllm", "max_model_len": 512},
+    ]}
+    families = {f.name: f for f in text_string_to_metric_families((tmp_path / "gateway.prom").read_text())}
+    models_up = {(s.labels["server"], s.labels["model"]): s.value for s in families["llf_gateway_model_up"].samples}
+    assert models_up == {("a", "smollm2"): 1, ("a", "minilm/é"): 0, ("b", "smollm2"): 0}
+    # a drain is per server: a is down in both of its models' upstreams (b, failing, is
+    # then the chat model's only hope: kept in)
+    (tmp_path / "drain" / "a").write_text("")
+    gateway_health.check_once(gateway_health.read_config(path))
+    assert upstreams(tmp_path) == {
+        chat_up: [f"server {host}:{port} {flags} down;  # a drained", f"server 127.0.0.2:{port} {flags};  # b"],
+        embed_up: [f"server {host}:{dead} {flags} down;  # a drained"],
+    }
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ([], "an object with a list of backends"),
+    ({"backends": [], "drain_dir": "/d"}, "needs upstream_file"),
+    ({"backends": [{"name": "a"}], "upstream_file": "/u", "drain_dir": "/d"}, "needs a name and an address"),
+    ({"backends": [{"name": "a", "address": "h", "port": 8000}], "upstream_file": "/u", "drain_dir": "/d"},
+     "backend a needs a list of models"),
+    ({"backends": [{"name": "a", "address": "h", "models": [{"served_name": "m", "port": "80"}]}],
+      "upstream_file": "/u", "drain_dir": "/d"}, "needs a served_name and a port"),
+])
+def test_gateway_refuses_a_configuration_it_cannot_use(data: object, message: str) -> None:
+    with pytest.raises(gateway_health.ConfigError, match=message):
+        gateway_health.parse_config(data)
+
+
+def test_gateway_names_a_bad_configuration_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "backends.json"
+    path.write_text('{"backends": "none"}')
+    assert gateway_health.main(["--config", str(path), "--once"]) == 2
+    assert capsys.readouterr().err == f"{path}: the configuration must be an object with a list of backends\n"
+
+
 def test_gateway_metrics_quote_server_names() -> None:
-    text = gateway_health.render_metrics({'we"ird\\name\n': True}, set(), 0.0)
+    data = {"backends": [{"name": 'we"ird\\name\n', "address": "h", "models": [{"served_name": "m", "port": 1}]}]}
+    text = gateway_health.render_metrics(data, {('we"ird\\name\n', 1): True}, set(), 0.0)
     (sample,) = next(f for f in text_string_to_metric_families(text) if f.name == "llf_gateway_backend_up").samples
     assert sample.labels == {"server": 'we"ird\\name\n'}
 
@@ -175,14 +260,14 @@ def test_gateway_metrics_quote_server_names() -> None:
 def test_gateway_keeps_servers_up_when_every_one_fails(tmp_path: Path) -> None:
     dead = free_port()
     path = config(tmp_path, [{"name": "a", "address": "127.0.0.1", "port": dead}])
-    gateway_health.check_once(json.loads(path.read_text()))
+    gateway_health.check_once(gateway_health.read_config(path))
     upstream = (tmp_path / "upstream.conf").read_text()
     assert f"server 127.0.0.1:{dead} max_fails=1 fail_timeout=10s;  # a" in upstream  # not down: no live one
 
 
 def test_gateway_reports_a_failed_reload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = config(tmp_path, [{"name": "a", "address": "127.0.0.1", "port": free_port()}])
-    data = json.loads(path.read_text())
+    data = gateway_health.read_config(path)
     data["reload_command"] = [sys.executable, "-c", "import sys; sys.exit('nginx: bad config')"]
     assert gateway_health.check_once(data) is True
     assert "nginx reload failed: nginx: bad config" in capsys.readouterr().err
@@ -190,7 +275,7 @@ def test_gateway_reports_a_failed_reload(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_gateway_without_a_reload_command_only_writes_the_file(tmp_path: Path) -> None:
     path = config(tmp_path, [{"name": "a", "address": "127.0.0.1", "port": free_port()}])
-    data = json.loads(path.read_text())
+    data = gateway_health.read_config(path)
     del data["reload_command"]  # the service: a systemd path unit reloads nginx
     assert gateway_health.check_once(data) is True
     assert "# a" in (tmp_path / "upstream.conf").read_text()
