@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server, record_figure
-from tests.e2e.conftest import INSTALL_MODELS, MODEL, VLLM_PROCESSES, Deployment, Harness, server_answers
+from tests.e2e.conftest import INSTALL_MODELS, VLLM_PROCESSES, Deployment, Harness, server_answers
 
 pytestmark = pytest.mark.e2e
 

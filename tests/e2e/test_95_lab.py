@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 import requests
 import yaml
@@ -32,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, record_figure
 from tests.e2e.conftest import (
+    EMBED_MODEL,
     MODEL,
     VLLM_PROCESSES,
     AlertReceiver,
@@ -206,13 +209,13 @@ def test_servers_that_would_serve_different_models_are_refused(harness: Harness,
     other = "qwen2.5-coder-1.5b-instruct"
     override = tmp_path / "override.yml"  # a second inventory source: one host's own model
     override.write_text(yaml.safe_dump(
-        {"all": {"children": {"llf_servers": {"hosts": {second: {"llf_model_name": other}}}}}}))
+        {"all": {"children": {"llf_servers": {"hosts": {second: {"llf_model_list": [other, EMBED_MODEL]}}}}}}))
     result = deploy(harness, "-i", str(override))
     assert result.returncode != 0, result.output[-3000:]
     assert f"does not fit {second}:" not in result.output, result.output[-3000:]  # it fits: the refusal is the mix
     assert (
-        f"The servers behind one gateway must serve one model, but they would serve: {first}: {MODEL} "
-        f"(llf_model_name={MODEL}), {second}: {other} (llf_model_name={other}). Set llf_model_name"
+        f"The servers behind one gateway must serve one main model, but they would serve: {first}: {MODEL} "
+        f"(asked for {MODEL}), {second}: {other} (asked for {other}). Set llf_model_name"
     ) in result.output
     assert "PLAY [Deploy" not in result.output
     for host in [*lab.servers, lab.gateway]:
@@ -253,6 +256,41 @@ def test_smoke_through_the_gateway_and_each_server(harness: Harness, lab: Lab) -
     assert f"{lab.gateway}-gateway" in text
     for name in lab.servers:
         assert name in text
+
+
+def served_total(address: str, port: int) -> float:
+    """A server's vllm:request_success_total, read from its own /metrics."""
+    text = requests.get(f"http://{address}:{port}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == "vllm:request_success_total")
+
+
+def test_gateway_routes_each_request_by_its_model(harness: Harness, lab: Lab) -> None:
+    """One gateway URL, the official openai SDK: chat to the chat model's servers,
+    embeddings to the embedding model's (counted on the servers' own metrics), an
+    unknown model refused by the gateway itself."""
+    client = openai.OpenAI(base_url=f"{lab.gateway_url}/v1", api_key=lab.client_key,
+                           http_client=httpx.Client(verify=lab.ca(harness)), max_retries=0)
+    listed = {model.id for model in client.models.list().data}
+    assert listed == {MODEL, EMBED_MODEL}, listed
+    ports = {"chat": 8000, "embed": 8005}
+    before = {(name, kind): served_total(ip, port) for name, ip in lab.servers.items() for kind, port in ports.items()}
+    for _ in range(4):
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        answer = client.chat.completions.create(model=MODEL, max_tokens=8, temperature=0, messages=question)
+        assert answer.choices[0].message.content
+    vectors = client.embeddings.create(model=EMBED_MODEL, input=["a cat sat on the mat"] * 3)
+    assert [len(item.embedding) for item in vectors.data] == [384] * 3
+    for _ in range(2):
+        client.embeddings.create(model=EMBED_MODEL, input="a kitten sat on the rug")
+    after = {key: served_total(lab.servers[key[0]], ports[key[1]]) for key in before}
+    grown = {kind: sum(after[key] - before[key] for key in before if key[1] == kind) for kind in ports}
+    assert grown == {"chat": 4, "embed": 3}, grown
+    with pytest.raises(openai.NotFoundError) as refused:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    assert "no-such-model" in str(refused.value)
+    record_figure(f"gateway routing by model: {grown['chat']:.0f} chat requests reached the chat servers, "
+                  f"{grown['embed']:.0f} embedding requests the embedding servers")
 
 
 def test_gateway_allows_only_the_inference_paths_with_the_key(harness: Harness, lab: Lab) -> None:
@@ -299,6 +337,10 @@ def test_firewall_opens_the_api_port_only_to_the_gateway_and_controller(lab: Lab
     assert lab.run(lab.gateway, f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {url}").stdout == "200"
     assert requests.get(url, timeout=10).status_code == 200  # the controller
     assert lab.run(second, f"curl -sS -m 5 {url}").returncode != 0  # another server: dropped
+    # the embedding model's port: the same
+    embed = f"http://{first_ip}:8005/health"
+    assert lab.run(lab.gateway, f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {embed}").stdout == "200"
+    assert lab.run(second, f"curl -sS -m 5 {embed}").returncode != 0
     # the node exporter: open to the monitoring host (the gateway's), dropped from another server
     node = f"http://{first_ip}:9100/metrics"
     assert lab.run(lab.gateway, f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {node}").stdout == "200"
@@ -320,7 +362,11 @@ def test_systemd_brings_back_each_killed_vllm_process(lab: Lab) -> None:
     name, address = sorted(lab.servers.items())[0]
     assert lab_server_answers(address, lab.key)
     for process, pattern in VLLM_PROCESSES.items():
-        pid = lab.run(name, f"pgrep -o -u llf -f '{pattern}'").stdout.strip()
+        # the chat model's process (llf-vllm's cgroup; the embedding model's server runs the same ones)
+        pid = lab.run(name, "cg=$(systemctl show -P ControlGroup llf-vllm); "
+                            "for p in $(cat /sys/fs/cgroup$cg/cgroup.procs); do "
+                            f"tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null | grep -qE '{pattern}' && echo $p; "
+                            "done | head -1").stdout.strip()
         assert pid, f"no {process} on {name}"
         assert lab.run(name, f"kill -9 {pid}").returncode == 0
         killed = time.monotonic()
@@ -332,7 +378,8 @@ def test_systemd_brings_back_each_killed_vllm_process(lab: Lab) -> None:
         record_figure(f"systemd (lab): kill -9 of {process} until answering again: {time.monotonic() - killed:.0f} s")
     restarts = lab.run(name, "systemctl show -p NRestarts --value llf-vllm").stdout.strip()
     assert int(restarts) >= len(VLLM_PROCESSES), restarts
-    assert lab.run(name, "pgrep -c -u llf -f vllm.entrypoints.openai.api_server").stdout.strip() == "1"
+    # one API server per model
+    assert lab.run(name, "pgrep -c -u llf -f vllm.entrypoints.openai.api_server").stdout.strip() == "2"
 
 
 def test_systemd_unit_exposure_is_low(lab: Lab) -> None:
@@ -496,7 +543,8 @@ def test_rolling_update_and_a_killed_worker_under_load(harness: Harness, lab: La
 def test_prometheus_sees_the_fleet_and_its_alerts_reach_the_webhook(lab: Lab, alerts: AlertReceiver) -> None:
     targets = prometheus(lab, "targets", state="active")["activeTargets"]
     up = sorted((t["labels"]["job"], t["labels"]["server"]) for t in targets if t["health"] == "up")
-    assert up == sorted([*(("vllm", name) for name in lab.servers), *(("node", name) for name in lab.servers),
+    assert up == sorted([*(("vllm", name) for name in lab.servers for _model in (MODEL, EMBED_MODEL)),
+                         *(("node", name) for name in lab.servers),
                          ("node", lab.gateway), ("nginx", lab.gateway)]), targets
     # every panel of the dashboard has numbers (the load of the rolling update is in the last 5
     # minutes), but the model disk's: the test hosts' root is an overlay, which node exporter skips

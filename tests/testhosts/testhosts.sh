@@ -497,6 +497,7 @@ emit_group() {
     # each server's threads on a core of its own (two servers share this machine)
     if [ "$group" = llf_servers ]; then
       echo "          llf_server_cpu_threads_bind: \"$(((i - from) % $(nproc)))\""
+      echo "          llf_server_model_cpus: {all-minilm-l6-v2: \"$(((i - from) % $(nproc)))\"}"
     fi
   done
 }

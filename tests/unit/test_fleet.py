@@ -43,7 +43,7 @@ def served(name: str, requested: str | None = None) -> dict:
 def test_fleet_conflicts_name_every_host_and_its_model() -> None:
     hostvars = {"s1": served("a", "a"), "s2": served("b"), "s3": served("a"), "left-out": {}}
     assert catalog_filters.llf_model_fleet_conflicts(["s1", "s2", "s3", "left-out", "not-in-run"], hostvars) == (
-        "s1: a (llf_model_name=a), s2: b (llf_model_name=auto), s3: a (llf_model_name=auto)")
+        "s1: a (asked for a), s2: b (asked for auto), s3: a (asked for auto)")
     assert catalog_filters.llf_model_fleet_conflicts(["s1", "s3"], hostvars) == ""
     assert catalog_filters.llf_model_fleet_conflicts([], hostvars) == ""
 

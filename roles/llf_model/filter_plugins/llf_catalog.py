@@ -134,10 +134,12 @@ def llf_model_fleet_conflicts(fleet: list[str], hostvars: Mapping[str, Any]) -> 
         selected = hostvars[host].get("llf_model_selected")
         if not isinstance(selected, Mapping) or "served_name" not in selected:
             continue
-        served[host] = (str(selected["served_name"]), str(hostvars[host].get("llf_model_name", "auto")))
+        # what the host asked for: the first of llf_model_list, else llf_model_name
+        asked = hostvars[host].get("__llf_model_main", hostvars[host].get("llf_model_name", "auto"))
+        served[host] = (str(selected["served_name"]), str(asked))
     if len({name for name, _ in served.values()}) <= 1:
         return ""
-    return ", ".join(f"{host}: {name} (llf_model_name={requested})" for host, (name, requested) in served.items())
+    return ", ".join(f"{host}: {name} (asked for {requested})" for host, (name, requested) in served.items())
 
 
 def llf_models_fit(candidates: list[dict[str, Any]], names: list[str], host: dict[str, Any], build: str,
