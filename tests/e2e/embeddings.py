@@ -13,6 +13,10 @@ only (no Hub).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +57,28 @@ def endpoint_embeddings(base_url: str, api_key: str | None, model: str, texts: S
     return [list(item.embedding) for item in ordered]
 
 
-def reference_embeddings(model_dir: str | Path, texts: Sequence[str]) -> list[list[float]]:
-    """sentence-transformers' vectors for the texts, from the model directory alone."""
-    from sentence_transformers import SentenceTransformer
+_REFERENCE = """
+import json, sys
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer(sys.argv[1], device="cpu", local_files_only=True)
+vectors = model.encode(json.load(sys.stdin), convert_to_numpy=True)
+print(json.dumps([[float(x) for x in row] for row in vectors]))
+"""
 
-    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-    vectors = model.encode(list(texts), convert_to_numpy=True)
-    return [list(map(float, row)) for row in vectors]
+
+def reference_embeddings(model_dir: str | Path, texts: Sequence[str]) -> list[list[float]]:
+    """sentence-transformers' vectors for the texts, from the model directory alone.
+
+    In a process of its own: torch's compiler cannot be imported into a process where
+    Ansible has patched sys.intern (pytest's, once a test has run ansible-playbook's code).
+    """
+    proc = subprocess.run([sys.executable, "-c", _REFERENCE, str(model_dir)], input=json.dumps(list(texts)),
+                          capture_output=True, text=True, timeout=600, check=False,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    if proc.returncode != 0:
+        raise EmbeddingMismatch(f"sentence-transformers failed on {model_dir}: {proc.stderr.strip()[-2000:]}")
+    vectors: list[list[float]] = json.loads(proc.stdout)
+    return vectors
 
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:
