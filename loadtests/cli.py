@@ -27,14 +27,14 @@ from loadtests.config import (
     SHAPES,
     RunConfig,
     endpoints_path,
-    first_model,
+    find_models,
     parse_duration,
     read_endpoint,
     root_url,
 )
 from loadtests.errors import LoadtestError, NoResultError, UsageError
 from loadtests.plan import build_plan
-from loadtests.scenarios import SCENARIOS
+from loadtests.scenarios import DEFAULT_EMBED_TOKENS, SCENARIOS, has_chat, has_embeddings
 from loadtests.slo import load_slo
 
 HERE = Path(__file__).resolve().parent
@@ -60,7 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
         f"the first entry of the endpoints file, else {DEFAULT_HOST})",
     )
     run.add_argument("--api-key", help="API key (default: $LLF_API_KEY, $OPENAI_API_KEY, endpoints file)")
-    run.add_argument("--model", help="model name (default: endpoints file, else the first in /v1/models)")
+    run.add_argument(
+        "--model",
+        help="chat model (default: endpoints file, else the first chat model of /v1/models); "
+        "scenario embeddings: the embedding model",
+    )
+    run.add_argument(
+        "--embed-model",
+        help="embedding model of the scenarios embeddings and rag (default: the first model of "
+        "/v1/models that answers /v1/embeddings)",
+    )
+    run.add_argument(
+        "--embed-tokens",
+        type=int,
+        default=DEFAULT_EMBED_TOKENS,
+        help=f"tokens per /v1/embeddings input, +-10 %% (default {DEFAULT_EMBED_TOKENS})",
+    )
     run.add_argument("--scenario", choices=sorted(SCENARIOS), default="short")
     run.add_argument(
         "--shape",
@@ -126,6 +141,34 @@ def resolve_endpoint(
     return root, api_key, model
 
 
+def resolve_models(args: argparse.Namespace, env: dict[str, str]) -> tuple[str, str | None, str, str | None]:
+    """Host, key, chat model and embedding model of the run.
+
+    Scenario embeddings sends to one model: ``--embed-model``, else ``--model``, else
+    the first model of /v1/models that answers /v1/embeddings (the endpoints file's
+    model is a chat model, it is not used). Scenario rag needs both: ``--model`` (or
+    the endpoints file's) and ``--embed-model``; what is missing is found the same way.
+    Chat scenarios take the first model that does not answer /v1/embeddings (no probe
+    when the server lists a single model).
+    """
+    chat, embed = has_chat(args.scenario), has_embeddings(args.scenario)
+    explicit = args.model
+    root, api_key, model = resolve_endpoint(args.host, args.api_key, args.model, env)
+    embed_model = args.embed_model
+    if not chat:
+        embed_model = embed_model or explicit
+        if not embed_model:
+            embed_model = find_models(root, api_key, chat=False, embed=True)[1]
+        assert embed_model is not None
+        return root, api_key, embed_model, embed_model
+    if not model or (embed and not embed_model):
+        found_chat, found_embed = find_models(root, api_key, chat=not model, embed=embed and not embed_model)
+        model = model or found_chat
+        embed_model = embed_model or found_embed
+    assert model is not None
+    return root, api_key, model, embed_model
+
+
 def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfig, str | None]:
     """Validate the options and build the run configuration (and the key, kept apart)."""
     shape = args.shape or ("open" if args.rate is not None else "closed")
@@ -166,10 +209,17 @@ def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfi
             raise UsageError(f"--metrics-url {url!r}: use a server's http://HOST:PORT") from None
         if root not in metrics_urls:
             metrics_urls.append(root)
+    chat, embed = has_chat(args.scenario), has_embeddings(args.scenario)
+    if args.embed_model and not embed:
+        raise UsageError(f"--embed-model applies to the scenarios embeddings and rag, not {args.scenario}")
+    if args.embed_tokens < 1:
+        raise UsageError("--embed-tokens must be at least 1")
     slo = load_slo(args.slo)
-    root, api_key, model = resolve_endpoint(args.host, args.api_key, args.model, env)
-    if not model:
-        model = first_model(root, api_key)
+    if embed and slo.embeddings is None:
+        raise UsageError(f"{slo.path} has no 'embeddings' section, which --scenario {args.scenario} is judged by")
+    if chat and not slo.targets:
+        raise UsageError(f"{slo.path} has no chat 'targets', which --scenario {args.scenario} is judged by")
+    root, api_key, model, embed_model = resolve_models(args, env)
     out = Path(args.out) if args.out else DEFAULT_RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     config = RunConfig(
         host=root,
@@ -190,6 +240,8 @@ def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfi
         max_requests=args.max_requests,
         ignore_eos=args.ignore_eos,
         metrics_urls=metrics_urls,
+        embed_model=embed_model or "",
+        embed_tokens=args.embed_tokens,
     )
     if config.request_timeout <= 0:
         raise UsageError("--request-timeout must be more than 0")
@@ -302,8 +354,11 @@ def run(config: RunConfig, api_key: str | None, env: dict[str, str]) -> int:
             f"above about {STREAMS_PER_PROCESS} the client skews latency (use --workers)",
             file=sys.stderr,
         )
+    models = config.model
+    if config.embed_model and config.embed_model != config.model:
+        models = f"chat {config.model}, embeddings {config.embed_model}"
     print(
-        f"[loadtest] {config.scenario}/{config.shape} against {config.host} ({config.model}), "
+        f"[loadtest] {config.scenario}/{config.shape} against {config.host} ({models}), "
         f"about {planned:g} s; results in {out}",
         file=sys.stderr,
         flush=True,
