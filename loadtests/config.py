@@ -178,4 +178,4 @@ def find_models(root: str, api_key: str | None, chat: bool, embed: bool) -> tupl
         raise ServerError(
             f"no model of {root}/v1/models ({listed}) answers /v1/embeddings; pass --embed-model NAME"
         )
-    return chat_model, embed_model
+    return (chat_model if chat else None), (embed_model if embed else None)
