@@ -175,7 +175,5 @@ def find_models(root: str, api_key: str | None, chat: bool, embed: bool) -> tupl
         raise ServerError(f"{root}/v1/models lists no chat model (all answer /v1/embeddings); pass --model")
     if embed and embed_model is None:
         listed = ", ".join(ids)
-        raise ServerError(
-            f"no model of {root}/v1/models ({listed}) answers /v1/embeddings; pass --embed-model NAME"
-        )
+        raise ServerError(f"no model of {root}/v1/models ({listed}) answers /v1/embeddings; pass --embed-model NAME")
     return (chat_model if chat else None), (embed_model if embed else None)

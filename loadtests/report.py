@@ -167,9 +167,9 @@ def summary_text(doc: dict[str, Any]) -> str:
                 f"{embeddings['request_throughput']:.2f} req/s, {embeddings['total_token_throughput']:.1f} input tok/s"
             )
         # an embedding model's server TTFT is its whole request: only queue time and e2el then
-        server_rows = (("queue_time", "queue time"), ("e2el", "e2el"))
+        server_rows = [("queue_time", "queue time"), ("e2el", "e2el")]
         if not embeddings_only:
-            server_rows = (("ttft", "ttft"), *server_rows)
+            server_rows.insert(0, ("ttft", "ttft"))
         for key, name in server_rows:
             if key in server:
                 s = server[key]

@@ -162,7 +162,9 @@ def send_embedding(
     status = response.status_code
     try:
         if status != 200:
-            return Sample(start=start, success=False, status=status, error=_error_text(response), elapsed=clock() - st), 0
+            return Sample(
+                start=start, success=False, status=status, error=_error_text(response), elapsed=clock() - st
+            ), 0
         content = response.content  # the whole body: the latency ends when it is read
     except requests.RequestException as e:
         return Sample(start=start, success=False, status=status, error=_describe(e), elapsed=clock() - st), 0

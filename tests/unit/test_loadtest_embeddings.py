@@ -52,7 +52,9 @@ def session() -> Iterator[requests.Session]:
 
 def test_embedding_request_success(fake: FakeSSEServer, session: requests.Session) -> None:
     body = {"model": EMBED_MODEL, "input": "one two three"}
-    sample, received = send_embedding(session, fake.base_url + "/embeddings", body, headers={"Authorization": "Bearer k"})
+    sample, received = send_embedding(
+        session, fake.base_url + "/embeddings", body, headers={"Authorization": "Bearer k"}
+    )
     assert sample.success and sample.status == 200 and sample.error is None
     assert sample.e2el is not None and sample.e2el == sample.elapsed  # the latency: POST to the body's end
     assert sample.prompt_tokens == 5  # usage.prompt_tokens: 3 words, [CLS], [SEP]
@@ -204,7 +206,9 @@ def test_default_slo_has_an_embeddings_section() -> None:
 
 
 def test_embeddings_section_parsing() -> None:
-    slo = parse_slo({"min_samples": 7, "embeddings": {"targets": ["e2el p95 <= 0.5 s", "request_throughput >= 2.5 req/s"]}})
+    slo = parse_slo(
+        {"min_samples": 7, "embeddings": {"targets": ["e2el p95 <= 0.5 s", "request_throughput >= 2.5 req/s"]}}
+    )
     assert slo.targets == ()  # a file for embedding runs only
     latency, rate = slo.group(EMBEDDINGS)
     assert (latency.limit, latency.min_samples) == (500.0, 7)

@@ -10,9 +10,9 @@ import pytest
 
 from loadtests.arrivals import ArrivalSchedule
 from loadtests.prompts import (
-    EMBEDDING_OVERHEAD,
     CHAT_OVERHEAD,
     COMPLETION_OVERHEAD,
+    EMBEDDING_OVERHEAD,
     INSTRUCTION,
     PromptGenerator,
     load_words,
@@ -94,8 +94,10 @@ def test_embedding_requests_go_to_the_embedding_model() -> None:
     assert spec.path == "/v1/embeddings" and spec.part.name == EMBED_KIND
     assert spec.body.keys() == {"model", "input", "encoding_format"}  # not streamed, no max_tokens
     assert spec.body["model"] == "e"
-    words = [len(build_request("embeddings", "m", gen, key=str(i), embed_tokens=200).body["input"].split())
-             for i in range(200)]
+    words = [
+        len(build_request("embeddings", "m", gen, key=str(i), embed_tokens=200).body["input"].split())
+        for i in range(200)
+    ]
     # 200 tokens +-10 %, less [CLS] and [SEP]
     assert min(words) == 180 - EMBEDDING_OVERHEAD and max(words) == 220 - EMBEDDING_OVERHEAD
     default = build_request("embeddings", "m", gen, key="0")
