@@ -199,7 +199,7 @@ def test_embedding_usage_errors_exit_2(
 def test_default_slo_has_an_embeddings_section() -> None:
     slo = load_slo(REPO / "loadtests" / "slo.yaml")
     assert slo.embeddings is not None
-    assert {t.metric for t in slo.embeddings} == {"e2el", "error_rate", "request_throughput"}
+    assert {t.metric for t in slo.embeddings} == {"e2el", "error_rate"}
     assert all(t.group == EMBEDDINGS for t in slo.embeddings)
     assert all(t.group == "chat" for t in slo.targets)
     assert slo.goodput_ms(EMBEDDINGS) == {"e2el": 500.0}
