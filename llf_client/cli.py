@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from . import __version__, top
 from .client import (
     DEFAULT_TIMEOUT,
+    Embeddings,
     EndpointClient,
     GenParams,
     Message,
@@ -39,6 +40,7 @@ from .config import (
 from .errors import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, ConfigError, LLFError, exit_code_table
 
 PROG = "llf-client"
+DEFAULT_MAX_TOKENS = 512  # ask and chat, unless --max-tokens: a small model can ramble for minutes
 
 EPILOG = f"""\
 endpoints, first match wins:
@@ -47,6 +49,8 @@ endpoints, first match wins:
   ${{XDG_CONFIG_HOME:-~/.config}}/llf/endpoints.yml, or {DEFAULT_BASE_URL}.
   API key: --api-key, the entry's api_key, LLF_API_KEY (OPENAI_API_KEY).
   Model: --model (LLF_MODEL), the entry's model, else the first the server lists.
+  Kind: ask and chat use the file's chat entries, embed its embedding entries, those
+  serving --model (else the first entry's model); models, health, smoke, top use all.
 
 bursting: endpoints are tried in order (the local server first); a request moves on
   when one is unreachable, times out before the first token, answers 429/5xx, cannot
@@ -148,7 +152,12 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation options")
     group.add_argument("--system", help="system prompt")
     group.add_argument("--temperature", type=float)
-    group.add_argument("--max-tokens", type=_count, metavar="N")
+    group.add_argument(
+        "--max-tokens",
+        type=_count,
+        metavar="N",
+        help=f"longest answer in tokens (default {DEFAULT_MAX_TOKENS}, or the room left in the context)",
+    )
     group.add_argument("--top-p", type=float)
     group.add_argument("--seed", type=int)
 
@@ -186,7 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     chat = command("chat", "interactive chat that keeps the conversation", cmd_chat)
     _generation_options(chat)
 
-    models = command("models", "the models of each endpoint, with context length", cmd_models)
+    embed = command(
+        "embed",
+        "embeddings of texts from an embedding endpoint: dimension and first numbers, "
+        "and with 2+ texts their cosine similarities",
+        cmd_embed,
+    )
+    embed.add_argument("texts", nargs="+", metavar="TEXT", help="a text to embed ('-': read stdin)")
+    embed.add_argument("--json", action="store_true", help="print the vectors as JSON")
+
+    models = command("models", "the models of each endpoint, with kind and context length", cmd_models)
     models.add_argument("--json", action="store_true")
 
     health = command("health", "health, version, models and latency of each endpoint", cmd_health)
@@ -256,14 +274,17 @@ def _report(err: LLFError, debug: bool) -> None:
     _err(f"{PROG}: error: {err.one_line()}")
 
 
-def _endpoints(args: argparse.Namespace) -> list[Endpoint]:
+def _endpoints(
+    args: argparse.Namespace, kind: str | None = None, model: str | None = None
+) -> list[Endpoint]:
     return resolve_endpoints(
         url=_opt(args, "url"),
         api_key=_opt(args, "api_key"),
-        model=_opt(args, "model"),
+        model=model or _opt(args, "model"),
         endpoints_file=_opt(args, "endpoints"),
         endpoint_name=_opt(args, "endpoint"),
         queue_threshold=_opt(args, "burst_queue_threshold"),
+        kind=kind,
     )
 
 
@@ -275,9 +296,9 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _router(args: argparse.Namespace) -> Router:
+def _router(args: argparse.Namespace, kind: str = "chat") -> Router:
     return Router(
-        _endpoints(args),
+        _endpoints(args, kind),
         burst=not _opt(args, "no_burst", False),
         notify=_err,
         **_client_options(args),
@@ -291,6 +312,7 @@ def _params(args: argparse.Namespace) -> GenParams:
         max_tokens=_opt(args, "max_tokens"),
         top_p=_opt(args, "top_p"),
         seed=_opt(args, "seed"),
+        default_max_tokens=DEFAULT_MAX_TOKENS,
     )
 
 
@@ -362,10 +384,17 @@ def cmd_ask(args: argparse.Namespace) -> int:
 class ChatSession:
     """The state of `llf-client chat`: the conversation and the options."""
 
-    def __init__(self, router: Router, params: GenParams, debug: bool = False):
+    def __init__(
+        self,
+        router: Router,
+        params: GenParams,
+        debug: bool = False,
+        endpoints_for: Callable[[str], list[Endpoint]] | None = None,
+    ):
         self.router = router
         self.params = params
         self.debug = debug
+        self.endpoints_for = endpoints_for  # the chat endpoints serving a model
         self.messages: list[Message] = []
         self.last: Reply | None = None
 
@@ -419,6 +448,12 @@ class ChatSession:
             print("conversation cleared")
         elif name == "/model":
             if rest:
+                try:
+                    endpoints = self.endpoints_for(rest) if self.endpoints_for else self.router.endpoints
+                except LLFError as err:
+                    _report(err, self.debug)
+                    return
+                self.router.endpoints = endpoints if self.router.burst else endpoints[:1]
                 self.router.model_override = rest
             print(f"model: {self._model()}")
         elif name == "/system":
@@ -479,7 +514,12 @@ def _readline_history(path: Path) -> Callable[[], None]:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     router = _router(args)
-    session = ChatSession(router, _params(args), debug=_opt(args, "debug", False))
+    session = ChatSession(
+        router,
+        _params(args),
+        debug=_opt(args, "debug", False),
+        endpoints_for=lambda model: _endpoints(args, "chat", model),
+    )
     save_history = _readline_history(history_path())
     first = router.endpoints[0]
     more = len(router.endpoints) - 1
@@ -524,13 +564,77 @@ def _probe_exit(infos: Sequence[Any], debug: bool) -> int:
     return failed[0].error.exit_code if failed else 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    infos = _probe_all(args)
+def _read_texts(texts: Sequence[str]) -> list[str]:
+    read = [sys.stdin.read().strip() if t == "-" else t for t in texts]
+    if any(not t.strip() for t in read):
+        raise ConfigError("a text is empty", hint="give non-empty texts to embed")
+    return read
+
+
+def _numbers(vector: Sequence[float], count: int = 4) -> str:
+    head = ", ".join(f"{x:.4f}" for x in vector[:count])
+    return f"[{head}{', ...' if len(vector) > count else ''}]"
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    texts = _read_texts(args.texts)
+    result: Embeddings = _router(args, "embedding").embed(texts)
     if args.json:
-        print(json.dumps({"endpoints": [i.to_dict() for i in infos]}, ensure_ascii=False))
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return 0
+    width = len(str(len(texts)))
+    for index, (text, vector) in enumerate(zip(texts, result.vectors, strict=True), start=1):
+        short = text if len(text) <= 40 else text[:37] + "..."
+        print(f"{index:>{width}}  {len(vector)} dimensions  {_numbers(vector)}  {short!r}")
+    if len(texts) > 1:
+        print()
+        print("cosine similarity")
+        labels = [str(i) for i in range(1, len(texts) + 1)]
+        rows = [[labels[i], *(f"{x:.4f}" for x in row)] for i, row in enumerate(result.similarities())]
+        print(_table(["", *labels], rows))
+    _err(f"[{result.model}, served by {result.endpoint.label}]")
+    return 0
+
+
+def _by_url(endpoints: Sequence[Endpoint]) -> list[list[Endpoint]]:
+    """Entries grouped by server (the gateway's entries share one URL), in order."""
+    groups: dict[tuple[str, str | None], list[Endpoint]] = {}
+    for e in endpoints:
+        groups.setdefault((e.base_url, e.api_key), []).append(e)
+    return list(groups.values())
+
+
+def _model_rows(entries: Sequence[Endpoint], info: Any) -> list[dict[str, Any]]:
+    """One row per model the server lists: the entry that names it, its kind (None: unknown)."""
+    rows = []
+    for m in info.models:
+        entry = next((e for e in entries if e.model == m.id), None)
+        rows.append(
+            {
+                "endpoint": (entry or entries[0]).name,
+                "id": m.id,
+                "kind": entry.kind if entry else None,
+                "max_model_len": m.max_model_len,
+            }
+        )
+    return rows
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    options = _client_options(args)
+    groups = _by_url(_endpoints(args))
+    infos = [probe(EndpointClient(entries[0], **options)) for entries in groups]
+    if args.json:
+        document = {
+            "endpoints": [
+                {**info.to_dict(), "models": _model_rows(entries, info)}
+                for entries, info in zip(groups, infos, strict=True)
+            ]
+        }
+        print(json.dumps(document, ensure_ascii=False))
     else:
         rows: list[list[object]] = []
-        for info in infos:
+        for entries, info in zip(groups, infos, strict=True):
             if info.error:
                 rows.append(
                     [
@@ -538,13 +642,14 @@ def cmd_models(args: argparse.Namespace) -> int:
                         info.endpoint.base_url,
                         "(unreachable)" if info.health_status is None else "(error)",
                         None,
+                        None,
                     ]
                 )
             rows += [
-                [info.endpoint.name, info.endpoint.base_url, m.id, m.max_model_len]
-                for m in info.models
+                [r["endpoint"], info.endpoint.base_url, r["id"], r["kind"], r["max_model_len"]]
+                for r in _model_rows(entries, info)
             ]
-        print(_table(["ENDPOINT", "URL", "MODEL", "CONTEXT"], rows))
+        print(_table(["ENDPOINT", "URL", "MODEL", "KIND", "CONTEXT"], rows))
     return _probe_exit(infos, _opt(args, "debug", False))
 
 

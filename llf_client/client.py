@@ -15,8 +15,8 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, cast
 
 import openai
 import requests
@@ -49,6 +49,7 @@ SMOKE_SYSTEM_PROMPT = "You are a helpful assistant."
 SMOKE_QUESTION = "What is the capital of France?"
 
 Message = dict[str, str]
+_Result = TypeVar("_Result", "Reply", "Embeddings")
 TokenSink = Callable[[str], None]
 Notify = Callable[[str], None]
 
@@ -71,6 +72,51 @@ class GenParams:
     max_tokens: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    # without max_tokens: at most this many, or the room left in the context if less
+    default_max_tokens: int | None = None
+
+
+@dataclass
+class Embeddings:
+    """The vectors of some texts, and who computed them."""
+
+    texts: list[str]
+    vectors: list[list[float]]
+    endpoint: Endpoint
+    model: str
+    total_s: float
+    prompt_tokens: int | None = None
+    skipped: list[tuple[Endpoint, LLFError]] = field(default_factory=list)
+
+    def similarities(self) -> list[list[float]]:
+        """The cosine similarity of every pair of vectors."""
+        return [[cosine(a, b) for b in self.vectors] for a in self.vectors]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint.name,
+            "base_url": self.endpoint.base_url,
+            "model": self.model,
+            "total_s": round(self.total_s, 4),
+            "prompt_tokens": self.prompt_tokens,
+            "embeddings": [
+                {"text": t, "dimensions": len(v), "embedding": v}
+                for t, v in zip(self.texts, self.vectors, strict=True)
+            ],
+            "similarity": [[round(x, 6) for x in row] for row in self.similarities()]
+            if len(self.vectors) > 1
+            else None,
+            "skipped": [
+                {"endpoint": e.name, "base_url": e.base_url, "reason": err.message}
+                for e, err in self.skipped
+            ],
+        }
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cosine similarity; 0 for a zero vector."""
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return sum(x * y for x, y in zip(a, b, strict=True)) / norm if norm else 0.0
 
 
 @dataclass
@@ -376,6 +422,28 @@ class EndpointClient:
     def max_model_len(self, model: str) -> int | None:
         return next((m.max_model_len for m in self.models() if m.id == model), None)
 
+    def embed(self, model: str, texts: Sequence[str]) -> Embeddings:
+        """One /v1/embeddings request; a reply without a float vector per text is a ServerError."""
+        start = time.perf_counter()
+        try:
+            response = self.sdk.embeddings.create(model=model, input=list(texts), encoding_format="float")
+        except (openai.APIError, requests.RequestException) as exc:
+            raise self._fail(exc) from exc
+        data = sorted(response.data or [], key=lambda d: d.index)
+        vectors = [list(d.embedding) for d in data]
+        if len(vectors) != len(texts) or not all(
+            v and all(isinstance(x, float | int) and math.isfinite(x) for x in v) for v in vectors
+        ):
+            raise ServerError(
+                f"the server sent {len(vectors)} embedding(s) for {len(texts)} text(s), or an empty vector",
+                where=self.endpoint.label,
+            )
+        usage = response.usage.prompt_tokens if response.usage else None
+        return Embeddings(
+            list(texts), [[float(x) for x in v] for v in vectors], self.endpoint, model,
+            time.perf_counter() - start, usage,
+        )
+
     def chat(
         self,
         model: str,
@@ -388,7 +456,7 @@ class EndpointClient:
         """One chat completion. Failures after tokens were shown raise StreamBroken."""
         options: dict[str, Any] = {
             "temperature": openai.omit if params.temperature is None else params.temperature,
-            "max_tokens": openai.omit if params.max_tokens is None else params.max_tokens,
+            "max_tokens": _max_tokens(params),
             "top_p": openai.omit if params.top_p is None else params.top_p,
             "seed": openai.omit if params.seed is None else params.seed,
         }
@@ -510,7 +578,9 @@ class Router:
         messages: Sequence[Message],
         params: GenParams,
         has_next: bool,
-    ) -> None:
+    ) -> GenParams:
+        """Refuse what cannot fit or should burst; the params to send (a default max_tokens
+        shrinks to the room the context has left)."""
         endpoint = client.endpoint
         try:
             limit = client.max_model_len(model)
@@ -519,8 +589,9 @@ class Router:
         if limit:
             text = "\n".join(m["content"] for m in messages)
             room = params.max_tokens or 1
+            wanted = params.max_tokens or params.default_max_tokens or 1
             # Tokens never outnumber bytes: only count when the prompt could be too long.
-            if len(text.encode()) + 16 * len(messages) + 64 + room > limit:
+            if len(text.encode()) + 16 * len(messages) + 64 + wanted > limit:
                 count, exact = client.count_prompt_tokens(model, messages)
                 if count + room > limit:
                     how = "" if exact else " (estimated)"
@@ -529,6 +600,8 @@ class Router:
                         f"the context length {limit} of {model}",
                         where=endpoint.label,
                     )
+                if params.max_tokens is None and params.default_max_tokens:
+                    params = replace(params, default_max_tokens=min(params.default_max_tokens, limit - count))
         if has_next and endpoint.queue_threshold is not None:
             waiting = client.queue_depth(model)
             if waiting is not None and waiting > endpoint.queue_threshold:
@@ -536,6 +609,7 @@ class Router:
                     f"{waiting:g} requests waiting (threshold {endpoint.queue_threshold:g})",
                     where=endpoint.label,
                 )
+        return params
 
     def ask(
         self,
@@ -545,14 +619,24 @@ class Router:
         stream: bool = True,
         on_token: TokenSink | None = None,
     ) -> Reply:
+        def attempt(client: EndpointClient, model: str, has_next: bool) -> Reply:
+            used = self._preflight(client, model, messages, params, has_next)
+            return client.chat(model, messages, used, stream=stream, on_token=on_token)
+
+        return self._first(attempt)
+
+    def embed(self, texts: Sequence[str]) -> Embeddings:
+        """The embeddings of `texts` from the first endpoint that can compute them."""
+        return self._first(lambda client, model, has_next: client.embed(model, texts))
+
+    def _first(self, attempt: Callable[[EndpointClient, str, bool], _Result]) -> _Result:
+        """`attempt` on each endpoint in order until one succeeds (bursting)."""
         skipped: list[tuple[Endpoint, LLFError]] = []
         for index, endpoint in enumerate(self.endpoints):
             has_next = index + 1 < len(self.endpoints)
             client = self.client(endpoint)
             try:
-                model = self.model_for(endpoint)
-                self._preflight(client, model, messages, params, has_next)
-                reply = client.chat(model, messages, params, stream=stream, on_token=on_token)
+                result = attempt(client, self.model_for(endpoint), has_next)
             except LLFError as err:
                 if not (has_next and err.burstable):
                     raise
@@ -560,9 +644,15 @@ class Router:
                 following = self.endpoints[index + 1]
                 self.notify(f"[{endpoint.label} skipped: {err.message}; trying {following.name}]")
                 continue
-            reply.skipped = skipped
-            return reply
+            result.skipped = skipped
+            return result
         raise AssertionError("unreachable: the last endpoint returns or raises")
+
+
+def _max_tokens(params: GenParams) -> int | openai.Omit:
+    if params.max_tokens is not None:
+        return params.max_tokens
+    return openai.omit if params.default_max_tokens is None else params.default_max_tokens
 
 
 def build_messages(prompt: str, system: str | None = None) -> list[Message]:
@@ -642,7 +732,7 @@ class Check:
         }
 
 
-SMOKE_CHECKS = ("health", "models", "answer", "stream", "auth")
+SMOKE_CHECKS = ("health", "models", "answer", "stream", "auth")  # chat; embedding: "embedding" for answer, stream
 
 
 def smoke(
@@ -652,7 +742,11 @@ def smoke(
     ttft_target_ms: float = 2000.0,
     max_tokens: int = 32,
 ) -> list[Check]:
-    """The smoke checks of one endpoint, in order; later ones skip when it is down."""
+    """The smoke checks of one endpoint, in order; later ones skip when it is down.
+
+    A chat endpoint answers a question, streamed and not; an embedding endpoint
+    returns a non-empty float vector for it (/v1/embeddings).
+    """
     endpoint = client.endpoint
     checks: list[Check] = []
     params = GenParams(system=SMOKE_SYSTEM_PROMPT, temperature=0, seed=0, max_tokens=max_tokens)
@@ -710,10 +804,20 @@ def smoke(
         status = client.unauthenticated_status()
         return status == 401, f"a request without the key got {status} (expected 401)"
 
+    def embedding() -> tuple[bool, str]:
+        if model is None:
+            raise ModelNotFound("no model to ask", where=endpoint.label)
+        vectors = client.embed(model, [SMOKE_QUESTION]).vectors
+        head = ", ".join(f"{x:.4f}" for x in vectors[0][:3])
+        return True, f"{len(vectors[0])} dimensions: [{head}, ...]"
+
     run("health", health)
     run("models", models)
-    run("answer", answer)
-    run("stream", streamed)
+    if endpoint.kind == "embedding":
+        run("embedding", embedding)
+    else:
+        run("answer", answer)
+        run("stream", streamed)
     if endpoint.api_key:
         run("auth", auth)
     else:

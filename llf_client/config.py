@@ -13,12 +13,25 @@ Order of precedence, first match wins:
 API key: `--api-key` wins for every endpoint; otherwise an entry's own `api_key`;
 otherwise `LLF_API_KEY`, then `OPENAI_API_KEY`. Model: `--model` (or `LLF_MODEL`),
 otherwise the entry's `model`, otherwise the first model the server lists.
+
+Each entry has a `kind`, `chat` (the default) or `embedding`. A command that sends
+requests uses only the entries of its kind (ask and chat: chat; embed: embedding),
+and only those serving its model: `--model`, else the first such entry's model; so a
+request bursts only to endpoints that serve the same model.
+
+One reader of the endpoints file (`read_endpoint_entries`, used by the client, the load
+tests and the deploy's `llf_endpoints` module) and one writer (`write_endpoints_file`).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +44,7 @@ from .errors import ConfigError
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_SERVER_PORT = 8000
 INVENTORY_GROUP = "llf_servers"
+KINDS = ("chat", "embedding")
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,7 @@ class Endpoint:
     model: str | None = None  # the model to ask (smoke: the expected served name)
     queue_threshold: float | None = None  # burst away when more requests wait
     ca_cert: str | None = None  # a PEM file to trust for https (e.g. the gateway's certificate)
+    kind: str = "chat"  # "chat" or "embedding": which commands use it
 
     @property
     def root_url(self) -> str:
@@ -59,7 +74,8 @@ class Endpoint:
 
 def config_dir(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    base = env.get("XDG_CONFIG_HOME") or str(home / ".config")
     return Path(base) / "llf"
 
 
@@ -114,31 +130,74 @@ def _read_yaml(path: Path, where: str) -> Any:
     except OSError as err:
         raise ConfigError(f"cannot read: {err.strerror or err}", where=where) from err
     try:
-        return yaml.load(text, Loader=_AnsibleLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"not valid YAML{at}", where=where, hint="fix the file") from err
 
 
+ENTRIES_HINT = "expected 'endpoints:' with a list of entries with name and base_url"
+
+
+def read_endpoint_entries(path: Path) -> list[dict[str, Any]]:
+    """The entries of an endpoints file as written (mappings, in order; may be empty).
+
+    Checks the shape only; `load_endpoints_file` checks the fields.
+    """
+    where = f"endpoints file {path}"
+    data = _read_yaml(path, where)
+    if not isinstance(data, dict) or not isinstance(data.get("endpoints"), list):
+        raise ConfigError("no 'endpoints' list", where=where, hint=ENTRIES_HINT)
+    entries: list[dict[str, Any]] = []
+    for index, entry in enumerate(data["endpoints"], start=1):
+        if not isinstance(entry, dict):
+            raise ConfigError("an entry must be a mapping", where=f"{where}, entry {index}", hint=ENTRIES_HINT)
+        entries.append(entry)
+    return entries
+
+
+ENDPOINTS_HEADER = """\
+# The endpoints llf-client and the load tests use, in priority order. The LLF deploy
+# keeps the entries it wrote (deployed_by: the inventory) up to date and leaves the
+# others alone: add other OpenAI-compatible endpoints to burst to them.
+"""
+
+
+def write_endpoints_file(path: Path, entries: Sequence[Mapping[str, Any]], header: str = ENDPOINTS_HEADER) -> None:
+    """Write an endpoints file atomically, mode 0600 (it holds API keys).
+
+    A missing directory is created private (0700); an existing one keeps its mode.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    text = header + yaml.safe_dump(
+        {"endpoints": [dict(e) for e in entries]}, sort_keys=False, default_flow_style=False
+    )
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def load_endpoints_file(path: Path) -> list[Endpoint]:
     """Read an endpoints file (the format the deploy writes)."""
     where = f"endpoints file {path}"
-    data = _read_yaml(path, where)
-    hint = "expected 'endpoints:' with a list of entries with name and base_url"
-    if not isinstance(data, dict) or not isinstance(data.get("endpoints"), list):
-        raise ConfigError("no 'endpoints' list", where=where, hint=hint)
-    if not data["endpoints"]:
-        raise ConfigError("the 'endpoints' list is empty", where=where, hint=hint)
+    entries = read_endpoint_entries(path)
+    if not entries:
+        raise ConfigError("the 'endpoints' list is empty", where=where, hint=ENTRIES_HINT)
     endpoints: list[Endpoint] = []
-    for index, entry in enumerate(data["endpoints"], start=1):
+    for index, entry in enumerate(entries, start=1):
         at = f"{where}, entry {index}"
-        if not isinstance(entry, dict):
-            raise ConfigError("an entry must be a mapping", where=at, hint=hint)
         name = _optional_str(entry.get("name"), "name", at)
         base_url = _optional_str(entry.get("base_url"), "base_url", at)
         if not name or not base_url:
-            raise ConfigError("name and base_url are required", where=at, hint=hint)
+            raise ConfigError("name and base_url are required", where=at, hint=ENTRIES_HINT)
         if any(e.name == name for e in endpoints):
             raise ConfigError(f"duplicate endpoint name {name!r}", where=at)
         ca_cert = _optional_str(entry.get("ca_cert"), "ca_cert", at)
@@ -147,6 +206,11 @@ def load_endpoints_file(path: Path) -> list[Endpoint]:
                 f"ca_cert {ca_cert} is not a file",
                 where=at,
                 hint="run the deploy again (it copies the gateway's certificate there) or correct the path",
+            )
+        kind = _optional_str(entry.get("kind"), "kind", at) or "chat"
+        if kind not in KINDS:
+            raise ConfigError(
+                f"kind must be chat or embedding, not {kind!r}", where=at, hint="correct the entry's kind"
             )
         endpoints.append(
             Endpoint(
@@ -158,6 +222,7 @@ def load_endpoints_file(path: Path) -> list[Endpoint]:
                     entry.get("queue_threshold"), "queue_threshold", at
                 ),
                 ca_cert=ca_cert,
+                kind=kind,
             )
         )
     return endpoints
@@ -171,11 +236,14 @@ def resolve_endpoints(
     endpoints_file: str | None = None,
     endpoint_name: str | None = None,
     queue_threshold: float | None = None,
+    kind: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> list[Endpoint]:
     """The endpoints to use, in priority order (see the module docstring).
 
-    The arguments are the command-line options; the environment is read here.
+    The arguments are the command-line options; the environment is read here. `kind`
+    (chat or embedding) keeps the file's entries of that kind serving one model; None
+    keeps every entry (models, health, smoke, top), those serving `model` when given.
     """
     env = os.environ if env is None else env
     if url and (endpoints_file or endpoint_name):
@@ -186,8 +254,9 @@ def resolve_endpoints(
     env_key = env.get("LLF_API_KEY") or env.get("OPENAI_API_KEY") or None
     model = model or env.get("LLF_MODEL") or None
 
+    path: Path | None = None
     if url:
-        endpoints = [Endpoint("url", normalize_url(url))]
+        endpoints = [Endpoint("url", normalize_url(url), kind=kind or "chat")]
     elif endpoints_file or endpoint_name:
         path = Path(endpoints_file).expanduser() if endpoints_file else default_endpoints_path(env)
         if not path.is_file():
@@ -209,12 +278,15 @@ def resolve_endpoints(
             endpoints = chosen
     elif env.get("LLF_BASE_URL") or env.get("OPENAI_BASE_URL"):
         var = "LLF_BASE_URL" if env.get("LLF_BASE_URL") else "OPENAI_BASE_URL"
-        endpoints = [Endpoint("url", normalize_url(env[var], where=var))]
+        endpoints = [Endpoint("url", normalize_url(env[var], where=var), kind=kind or "chat")]
     elif default_endpoints_path(env).is_file():
-        endpoints = load_endpoints_file(default_endpoints_path(env))
+        path = default_endpoints_path(env)
+        endpoints = load_endpoints_file(path)
     else:
-        endpoints = [Endpoint("local", DEFAULT_BASE_URL)]
+        endpoints = [Endpoint("local", DEFAULT_BASE_URL, kind=kind or "chat")]
 
+    if path is not None:
+        endpoints, model = _select(endpoints, kind, model, f"endpoints file {path}")
     return [
         replace(
             e,
@@ -226,27 +298,35 @@ def resolve_endpoints(
     ]
 
 
+def _select(
+    endpoints: list[Endpoint], kind: str | None, model: str | None, where: str
+) -> tuple[list[Endpoint], str | None]:
+    """The entries of `kind` serving `model` (else the first entry's model), and that model."""
+    if kind is not None:
+        wrong = {e.kind for e in endpoints} - {kind}
+        endpoints = [e for e in endpoints if e.kind == kind]
+        if not endpoints:
+            command = "llf-client embed" if "embedding" in wrong else "llf-client ask or chat"
+            raise ConfigError(
+                f"no {kind} endpoint",
+                where=where,
+                hint=f"deploy a {kind} model (llf_models), pass --url, or use {command} for these",
+            )
+        model = model or endpoints[0].model
+    if model:
+        serving = [e for e in endpoints if e.model in (model, None)]
+        if not serving:
+            served = ", ".join(dict.fromkeys(e.model for e in endpoints if e.model))
+            raise ConfigError(
+                f"no {kind or ''}{' ' if kind else ''}endpoint serves model {model!r}",
+                where=where,
+                hint=f"choose one of: {served}",
+            )
+        endpoints = serving
+    return endpoints, model
+
+
 # --- Ansible inventory --------------------------------------------------------------
-
-
-class VaultValue(str):
-    """A `!vault` value: encrypted, so unknown to the client."""
-
-
-class _AnsibleLoader(yaml.SafeLoader):
-    """SafeLoader that reads Ansible's `!vault` and `!unsafe` tags."""
-
-
-def _vault(loader: yaml.SafeLoader, node: yaml.Node) -> VaultValue:
-    return VaultValue(loader.construct_scalar(node))
-
-
-def _unsafe(loader: yaml.SafeLoader, node: yaml.Node) -> str:
-    return str(loader.construct_scalar(node))
-
-
-_AnsibleLoader.add_constructor("!vault", _vault)
-_AnsibleLoader.add_constructor("!unsafe", _unsafe)
 
 
 @dataclass
@@ -255,60 +335,58 @@ class Inventory:
     notes: list[str]  # things skipped, for the user to read
 
 
-def _vars_files(directory: Path, name: str) -> list[Path]:
-    """Ansible's group_vars/NAME.yml and group_vars/NAME/*.yml (same for host_vars)."""
-    files = [directory / f"{name}{ext}" for ext in (".yml", ".yaml", "")]
-    found = [f for f in files if f.is_file()]
-    folder = directory / name
-    if folder.is_dir():
-        found += sorted(p for p in folder.iterdir() if p.suffix in (".yml", ".yaml"))
+def ansible_inventory_command() -> str:
+    """`ansible-inventory` of the running Python's venv, else the one on PATH."""
+    beside = Path(sys.executable).parent / "ansible-inventory"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("ansible-inventory")
+    if found is None:
+        raise ConfigError(
+            "ansible-inventory not found (next to this Python, nor on PATH)",
+            hint="run llf-client from llf_venv (make venv installs Ansible), or put Ansible on PATH",
+        )
     return found
 
 
-def _read_vars(paths: list[Path], notes: list[str]) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for path in paths:
-        if path.read_text(encoding="utf-8", errors="replace").startswith("$ANSIBLE_VAULT"):
-            notes.append(f"{path} is vault-encrypted: its variables were not read")
-            continue
-        data = _read_yaml(path, f"inventory file {path}")
-        if data is None:
-            continue
-        if not isinstance(data, dict):
-            raise ConfigError("variables must be a mapping", where=f"inventory file {path}")
-        merged.update(data)
-    return merged
+def inventory_hostvars(source: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`ansible-inventory -i SOURCE --list`: (groups, hostvars) as Ansible resolves them."""
+    command = [ansible_inventory_command(), "-i", str(source), "--list"]
+    where = f"inventory {source}"
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ConfigError(f"ansible-inventory failed: {err}", where=where) from err
+    # Ansible warns (not fails) on a source it cannot parse, then lists nothing.
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    problems = [line for line in lines if line.startswith("[ERROR]") or "Unable to parse" in line]
+    if done.returncode != 0 or problems:
+        detail = " ".join(
+            line.removeprefix("[ERROR]: ").removeprefix("[WARNING]: ") for line in (problems or lines)[:2]
+        )
+        hint = "pass the inventory folder, like inventories/local"
+        if "vault" in detail.lower():
+            hint = "give Ansible the vault password (ANSIBLE_VAULT_PASSWORD_FILE=...)"
+        raise ConfigError(f"ansible-inventory could not read it: {detail[:300]}", where=where, hint=hint)
+    try:
+        data = json.loads(done.stdout)
+    except ValueError as err:
+        raise ConfigError("ansible-inventory printed no JSON", where=where) from err
+    hostvars = (data.get("_meta") or {}).get("hostvars") or {}
+    return data, hostvars
 
 
-def _find_group(groups: Mapping[str, Any], name: str) -> tuple[list[dict[str, Any]], Any] | None:
-    """The group named `name` anywhere in the tree, with the vars of its ancestors."""
-    for group_name, group in groups.items():
-        group = group or {}
-        if not isinstance(group, dict):
-            continue
-        if group_name == name:
-            return [], group
-        children = group.get("children") or {}
-        if isinstance(children, dict):
-            found = _find_group(children, name)
-            if found is not None:
-                ancestors, target = found
-                return [group.get("vars") or {}, *ancestors], target
-    return None
-
-
-def _group_hosts(
-    group: dict[str, Any], inherited: list[dict[str, Any]]
-) -> dict[str, list[dict[str, Any]]]:
-    """host name -> the layers of inventory vars for it, lowest precedence first."""
-    layers = [*inherited, group.get("vars") or {}]
-    hosts: dict[str, list[dict[str, Any]]] = {}
-    for child in (group.get("children") or {}).values():
-        for host, host_layers in _group_hosts(child or {}, layers).items():
-            hosts.setdefault(host, host_layers)
-    for host, host_vars in (group.get("hosts") or {}).items():
-        hosts[str(host)] = [*layers, host_vars or {}]
+def _group_members(groups: Mapping[str, Any], name: str) -> list[str]:
+    """The hosts of a group of `ansible-inventory --list`, its children's included, in order."""
+    group = groups.get(name) or {}
+    hosts = [str(h) for h in group.get("hosts") or []]
+    for child in group.get("children") or []:
+        hosts += [h for h in _group_members(groups, child) if h not in hosts]
     return hosts
+
+
+def _is_vault(value: Any) -> bool:
+    return isinstance(value, dict) and "__ansible_vault" in value
 
 
 def _resolve_template(value: Any, variables: Mapping[str, Any]) -> Any:
@@ -326,54 +404,32 @@ def _resolve_template(value: Any, variables: Mapping[str, Any]) -> Any:
     return value
 
 
-def load_inventory(directory: str | Path, *, api_key: str | None = None) -> Inventory:
-    """The servers of group `llf_servers` in an Ansible inventory folder.
+def load_inventory(source: str | Path, *, api_key: str | None = None) -> Inventory:
+    """The servers of group `llf_servers` of an Ansible inventory, read by `ansible-inventory`.
 
     `api_key` (from --api-key or LLF_API_KEY) stands in for a key the inventory keeps
     encrypted.
     """
-    folder = Path(directory).expanduser()
-    hosts_file = next(
-        (folder / n for n in ("hosts.yml", "hosts.yaml") if (folder / n).is_file()), None
-    )
-    if hosts_file is None:
+    where = f"inventory {source}"
+    path = Path(source).expanduser()
+    if not path.exists():
         raise ConfigError(
-            "no hosts.yml",
-            where=f"inventory {folder}",
-            hint="pass the inventory folder, like inventories/local",
+            "no such file or folder", where=where, hint="pass the inventory folder, like inventories/local"
         )
-    notes: list[str] = []
-    tree = _read_yaml(hosts_file, f"inventory file {hosts_file}")
-    if not isinstance(tree, dict):
-        raise ConfigError("not an inventory (expected a mapping)", where=str(hosts_file))
-    found = _find_group(tree, INVENTORY_GROUP)
-    if found is None:
+    groups, hostvars = inventory_hostvars(path)
+    if INVENTORY_GROUP not in groups:
         raise ConfigError(
             f"no group {INVENTORY_GROUP}",
-            where=str(hosts_file),
+            where=where,
             hint=f"put the servers under all.children.{INVENTORY_GROUP}.hosts",
         )
-    ancestors, group = found
-    hosts = _group_hosts(group, ancestors)
+    hosts = _group_members(groups, INVENTORY_GROUP)
     if not hosts:
-        raise ConfigError(f"group {INVENTORY_GROUP} has no hosts", where=str(hosts_file))
-
-    all_group = tree.get("all") if isinstance(tree.get("all"), dict) else {}
-    base = {
-        **((all_group or {}).get("vars") or {}),
-        **_read_vars(_vars_files(folder / "group_vars", "all"), notes),
-    }
-    group_files = _read_vars(_vars_files(folder / "group_vars", INVENTORY_GROUP), notes)
-
-    endpoints: list[Endpoint] = []
-    for host, layers in hosts.items():
-        variables: dict[str, Any] = dict(base)
-        for layer in layers[:-1]:
-            variables.update(layer)
-        variables.update(group_files)
-        variables.update(layers[-1])
-        variables.update(_read_vars(_vars_files(folder / "host_vars", host), notes))
-        endpoints.append(_inventory_endpoint(host, variables, api_key, notes, str(hosts_file)))
+        raise ConfigError(f"group {INVENTORY_GROUP} has no hosts", where=where)
+    notes: list[str] = []
+    endpoints = [
+        _inventory_endpoint(host, hostvars.get(host) or {}, api_key, notes, where) for host in hosts
+    ]
     return Inventory(endpoints=endpoints, notes=notes)
 
 
@@ -403,14 +459,14 @@ def _inventory_endpoint(
     base_url = f"{'https' if tls else 'http'}://{host_part}:{port_number}/v1"
 
     key = get("llf_server_api_key")
-    if isinstance(key, VaultValue) or (isinstance(key, str) and "{{" in key):
-        kind = "vault-encrypted" if isinstance(key, VaultValue) else "a template"
+    if _is_vault(key) or (isinstance(key, str) and "{{" in key):
+        what = "vault-encrypted" if _is_vault(key) else "a template"
         instead = (
             "using --api-key/LLF_API_KEY instead"
             if api_key
             else ("pass it with --api-key or LLF_API_KEY")
         )
-        notes.append(f"{host}: llf_server_api_key is {kind}, skipped; {instead}")
+        notes.append(f"{host}: llf_server_api_key is {what}, skipped; {instead}")
         key = api_key
     elif key is not None and not isinstance(key, str):
         key = str(key)

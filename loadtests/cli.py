@@ -26,10 +26,9 @@ from loadtests.config import (
     DEFAULT_HOST,
     SHAPES,
     RunConfig,
-    endpoints_path,
+    file_endpoints,
     find_models,
     parse_duration,
-    read_endpoint,
     root_url,
 )
 from loadtests.errors import LoadtestError, NoResultError, UsageError
@@ -57,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--host",
         help="server root or OpenAI base URL (default: $LLF_BASE_URL, $OPENAI_BASE_URL, "
-        f"the first entry of the endpoints file, else {DEFAULT_HOST})",
+        f"the first chat entry of the endpoints file (serving --model), else {DEFAULT_HOST})",
     )
     run.add_argument("--api-key", help="API key (default: $LLF_API_KEY, $OPENAI_API_KEY, endpoints file)")
     run.add_argument(
@@ -67,14 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--embed-model",
-        help="embedding model of the scenarios embeddings and rag (default: the first model of "
-        "/v1/models that answers /v1/embeddings)",
+        help="embedding model of the scenarios embeddings and rag (default: the endpoints file's "
+        "kind: embedding entry, else the first model of /v1/models that answers /v1/embeddings)",
     )
     run.add_argument(
         "--embed-tokens",
         type=int,
         default=DEFAULT_EMBED_TOKENS,
         help=f"tokens per /v1/embeddings input, +-10 %% (default {DEFAULT_EMBED_TOKENS})",
+    )
+    run.add_argument(
+        "--ca-cert",
+        metavar="PEM",
+        help="CA certificate to trust for https, on every request (default: $LLF_CA_CERT, the endpoints "
+        "file's ca_cert for its server, $REQUESTS_CA_BUNDLE)",
     )
     run.add_argument("--scenario", choices=sorted(SCENARIOS), default="short")
     run.add_argument(
@@ -122,51 +127,86 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_endpoint(
-    host: str | None, api_key: str | None, model: str | None, env: dict[str, str]
-) -> tuple[str, str | None, str | None]:
-    """Host, key and model from the options, the environment, the endpoints file."""
-    entry = read_endpoint(endpoints_path(env))
+    host: str | None,
+    api_key: str | None,
+    model: str | None,
+    env: dict[str, str],
+    ca_cert: str | None = None,
+    kind: str = "chat",
+) -> tuple[str, str | None, str | None, str | None]:
+    """Host, key, model and CA file from the options, the environment, the endpoints file.
+
+    Without a host, the file's first entry of ``kind`` serving ``model`` (else its first
+    entry of ``kind``) is the target. An entry's key, model and ``ca_cert`` belong to its
+    own server only.
+    """
+    entries = file_endpoints(env, kind)
     host = host or env.get("LLF_BASE_URL") or env.get("OPENAI_BASE_URL")
-    from_file = False
-    if not host and entry is not None:
-        host, from_file = entry["base_url"], True
-    root = root_url(host or DEFAULT_HOST)
-    # The file's key and model belong to the file's server only.
-    same = entry is not None and (from_file or root_url(entry["base_url"]) == root)
+    root = root_url(host) if host else None
+    candidates = [e for e in entries if root is None or root_url(e.base_url) == root]
+    entry = next((e for e in candidates if model and e.model == model), None) or next(
+        (e for e in candidates if not model or e.model is None), None
+    )
+    if entry is None and root is None and candidates:
+        entry = candidates[0]  # --model names a model the file does not: its first server
+    if root is None:
+        root = root_url(entry.base_url if entry is not None else DEFAULT_HOST)
     api_key = api_key or env.get("LLF_API_KEY") or env.get("OPENAI_API_KEY")
-    if not api_key and same and entry is not None and entry.get("api_key"):
-        api_key = str(entry["api_key"])
-    if not model and same and entry is not None and entry.get("model"):
-        model = str(entry["model"])
-    return root, api_key, model
+    if entry is not None:
+        api_key = api_key or entry.api_key
+        model = model or entry.model
+    ca_cert = ca_cert or env.get("LLF_CA_CERT") or (entry.ca_cert if entry else None) or env.get("REQUESTS_CA_BUNDLE")
+    return root, api_key, model, ca_cert or None
 
 
-def resolve_models(args: argparse.Namespace, env: dict[str, str]) -> tuple[str, str | None, str, str | None]:
-    """Host, key, chat model and embedding model of the run.
+def resolve_models(
+    args: argparse.Namespace, env: dict[str, str]
+) -> tuple[str, str | None, str, str | None, str | None]:
+    """Host, key, chat model, embedding model and CA file of the run.
 
-    Scenario embeddings sends to one model: ``--embed-model``, else ``--model``, else
-    the first model of /v1/models that answers /v1/embeddings (the endpoints file's
-    model is a chat model, it is not used). Scenario rag needs both: ``--model`` (or
-    the endpoints file's) and ``--embed-model``; what is missing is found the same way.
-    Chat scenarios take the first model that does not answer /v1/embeddings (no probe
-    when the server lists a single model).
+    Scenario embeddings sends to one model: ``--embed-model``, else ``--model``, else the
+    endpoints file's ``kind: embedding`` entry (which, without ``--host``, also gives the
+    URL, key and ``ca_cert``; a file without such entries gives only its chat server's),
+    else the first model of /v1/models that answers /v1/embeddings. Scenario rag needs
+    both: the chat model as for a chat scenario, and ``--embed-model``, else the model of
+    the file's ``kind: embedding`` entry at the same server, else found the same way.
+    Chat scenarios take ``--model``, the file's chat entry, else the first model that
+    does not answer /v1/embeddings (no probe when the server lists a single model).
+    Every request, the probes too, trusts the CA file.
     """
     chat, embed = has_chat(args.scenario), has_embeddings(args.scenario)
-    explicit = args.model
-    root, api_key, model = resolve_endpoint(args.host, args.api_key, args.model, env)
-    embed_model = args.embed_model
     if not chat:
-        embed_model = embed_model or explicit
+        wanted = args.embed_model or args.model
+        # A file without embedding entries still names the server (URL, key, CA), not the model.
+        kind = "embedding" if file_endpoints(env, "embedding") else "chat"
+        root, api_key, embed_model, ca_cert = resolve_endpoint(
+            args.host, args.api_key, wanted, env, args.ca_cert, kind=kind
+        )
+        embed_model = embed_model if kind == "embedding" else wanted
+        _check_ca(ca_cert)
         if not embed_model:
-            embed_model = find_models(root, api_key, chat=False, embed=True)[1]
+            embed_model = find_models(root, api_key, chat=False, embed=True, ca_cert=ca_cert)[1]
         assert embed_model is not None
-        return root, api_key, embed_model, embed_model
+        return root, api_key, embed_model, embed_model, ca_cert
+    root, api_key, model, ca_cert = resolve_endpoint(args.host, args.api_key, args.model, env, args.ca_cert)
+    _check_ca(ca_cert)
+    embed_model = args.embed_model
+    if embed and not embed_model:
+        same = (e.model for e in file_endpoints(env, "embedding") if e.model and root_url(e.base_url) == root)
+        embed_model = next(same, None)
     if not model or (embed and not embed_model):
-        found_chat, found_embed = find_models(root, api_key, chat=not model, embed=embed and not embed_model)
+        found_chat, found_embed = find_models(
+            root, api_key, chat=not model, embed=embed and not embed_model, ca_cert=ca_cert
+        )
         model = model or found_chat
         embed_model = embed_model or found_embed
     assert model is not None
-    return root, api_key, model, embed_model
+    return root, api_key, model, embed_model, ca_cert
+
+
+def _check_ca(ca_cert: str | None) -> None:
+    if ca_cert and not Path(ca_cert).is_file():
+        raise UsageError(f"CA certificate {ca_cert} is not a file: fix --ca-cert, LLF_CA_CERT or the endpoints file")
 
 
 def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfig, str | None]:
@@ -219,7 +259,7 @@ def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfi
         raise UsageError(f"{slo.path} has no 'embeddings' section, which --scenario {args.scenario} is judged by")
     if chat and not slo.targets:
         raise UsageError(f"{slo.path} has no chat 'targets', which --scenario {args.scenario} is judged by")
-    root, api_key, model, embed_model = resolve_models(args, env)
+    root, api_key, model, embed_model, ca_cert = resolve_models(args, env)
     out = Path(args.out) if args.out else DEFAULT_RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     config = RunConfig(
         host=root,
@@ -242,6 +282,7 @@ def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfi
         metrics_urls=metrics_urls,
         embed_model=embed_model or "",
         embed_tokens=args.embed_tokens,
+        ca_cert=str(Path(ca_cert).resolve()) if ca_cert else None,
     )
     if config.request_timeout <= 0:
         raise UsageError("--request-timeout must be more than 0")

@@ -8,15 +8,15 @@ that file nor onto a command line: it travels in ``LLF_LOADTEST_API_KEY``.
 from __future__ import annotations
 
 import json
-import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import requests
-import yaml
 
+from llf_client.config import Endpoint, default_endpoints_path, load_endpoints_file
+from llf_client.errors import ConfigError
 from loadtests.errors import ServerError, UsageError
 
 CONFIG_ENV = "LLF_LOADTEST_CONFIG"
@@ -49,6 +49,7 @@ class RunConfig:
     metrics_urls: list[str] = field(default_factory=list)  # server roots to scrape; empty: host
     embed_model: str = ""  # the embedding model of the scenarios embeddings and rag
     embed_tokens: int = 128  # tokens per /v1/embeddings input
+    ca_cert: str | None = None  # a PEM file trusted for https, every request (the gateway's CA)
 
     def scrape_urls(self) -> list[str]:
         """Where the server-side figures come from: --metrics-url, else the target."""
@@ -88,42 +89,42 @@ def root_url(url: str) -> str:
     return url.removesuffix("/v1")
 
 
-def endpoints_path(env: dict[str, str] | None = None) -> Path:
-    """``$LLF_CONFIG`` or ``${XDG_CONFIG_HOME:-~/.config}/llf/endpoints.yml``."""
-    env = dict(os.environ) if env is None else env
-    if env.get("LLF_CONFIG"):
-        return Path(env["LLF_CONFIG"])
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
-    return Path(base) / "llf" / "endpoints.yml"
+def file_endpoints(env: Mapping[str, str], kind: str = "chat") -> list[Endpoint]:
+    """The entries of ``kind`` (chat, embedding) of the endpoints file the deploy writes
+    (none without the file).
 
-
-def read_endpoint(path: Path) -> dict[str, Any] | None:
-    """The first entry of the endpoints file the deploy writes, if there is one."""
+    Read by llf_client's reader, the one reader of that file.
+    """
+    path = default_endpoints_path(env)
     if not path.is_file():
-        return None
+        return []
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise UsageError(f"cannot read endpoints file {path}: {e}") from None
-    entries = data.get("endpoints") if isinstance(data, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise UsageError(f"endpoints file {path} has no 'endpoints' list")
-    first = entries[0]
-    if not isinstance(first, dict) or not isinstance(first.get("base_url"), str):
-        raise UsageError(f"endpoints file {path}: the first entry has no base_url")
-    return first
+        return [e for e in load_endpoints_file(path) if e.kind == kind]
+    except ConfigError as e:
+        raise UsageError(e.one_line()) from None
+
+
+def chat_endpoints(env: Mapping[str, str]) -> list[Endpoint]:
+    """The chat entries of the endpoints file (see :func:`file_endpoints`)."""
+    return file_endpoints(env, "chat")
+
+
+def verify(ca_cert: str | None) -> str | bool:
+    """requests' ``verify``: the CA file to trust for https, else the default bundle."""
+    return ca_cert or True
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def served_models(root: str, api_key: str | None, timeout: float = 10.0) -> list[str]:
+def served_models(root: str, api_key: str | None, timeout: float = 10.0, ca_cert: str | None = None) -> list[str]:
     """The model ids the server lists at /v1/models, in its order."""
     try:
-        response = requests.get(f"{root}/v1/models", headers=_headers(api_key), timeout=timeout)
+        response = requests.get(f"{root}/v1/models", headers=_headers(api_key), timeout=timeout, verify=verify(ca_cert))
     except requests.RequestException as e:
-        raise ServerError(f"cannot reach {root}/v1/models: {type(e).__name__}") from None
+        reason = "certificate not trusted (pass --ca-cert)" if isinstance(e, requests.exceptions.SSLError) else ""
+        raise ServerError(f"cannot reach {root}/v1/models: {reason or type(e).__name__}") from None
     if response.status_code != 200:
         raise ServerError(f"{root}/v1/models answered HTTP {response.status_code}")
     try:
@@ -135,12 +136,14 @@ def served_models(root: str, api_key: str | None, timeout: float = 10.0) -> list
     return ids
 
 
-def first_model(root: str, api_key: str | None, timeout: float = 10.0) -> str:
+def first_model(root: str, api_key: str | None, timeout: float = 10.0, ca_cert: str | None = None) -> str:
     """The first model the server lists at /v1/models."""
-    return served_models(root, api_key, timeout)[0]
+    return served_models(root, api_key, timeout, ca_cert)[0]
 
 
-def serves_embeddings(root: str, api_key: str | None, model: str, timeout: float = 30.0) -> bool:
+def serves_embeddings(
+    root: str, api_key: str | None, model: str, timeout: float = 30.0, ca_cert: str | None = None
+) -> bool:
     """True when a one-input /v1/embeddings request to ``model`` returns a vector.
 
     A chat model answers 4xx (vLLM: the model does not support the Embeddings API);
@@ -148,24 +151,28 @@ def serves_embeddings(root: str, api_key: str | None, model: str, timeout: float
     """
     body = {"model": model, "input": "probe", "encoding_format": "float"}
     try:
-        response = requests.post(f"{root}/v1/embeddings", json=body, headers=_headers(api_key), timeout=timeout)
+        response = requests.post(
+            f"{root}/v1/embeddings", json=body, headers=_headers(api_key), timeout=timeout, verify=verify(ca_cert)
+        )
         return response.status_code == 200 and bool(response.json()["data"][0]["embedding"])
     except (requests.RequestException, ValueError, KeyError, IndexError, TypeError):
         return False
 
 
-def find_models(root: str, api_key: str | None, chat: bool, embed: bool) -> tuple[str | None, str | None]:
+def find_models(
+    root: str, api_key: str | None, chat: bool, embed: bool, ca_cert: str | None = None
+) -> tuple[str | None, str | None]:
     """The first chat model and the first embedding model of /v1/models, as asked for.
 
     Which kind a model is comes from one probe per model (:func:`serves_embeddings`),
     made only when it matters: a lone model needed as a chat model is not probed.
     """
-    ids = served_models(root, api_key)
+    ids = served_models(root, api_key, ca_cert=ca_cert)
     if chat and not embed and len(ids) == 1:
         return ids[0], None
     chat_model = embed_model = None
     for model in ids:
-        if serves_embeddings(root, api_key, model):
+        if serves_embeddings(root, api_key, model, ca_cert=ca_cert):
             embed_model = embed_model or model
         else:
             chat_model = chat_model or model

@@ -27,7 +27,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from loadtests.agent import Agent
 from loadtests.collect import CpuMeter, RecordWriter
-from loadtests.config import API_KEY_ENV, CONFIG_ENV, RunConfig
+from loadtests.config import API_KEY_ENV, CONFIG_ENV, RunConfig, verify
 from loadtests.controller import Controller
 from loadtests.metrics import Sample
 from loadtests.prom import scrape_all
@@ -111,8 +111,8 @@ class StreamingUser(HttpUser):
     def on_start(self) -> None:
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies from the environment: measure the server
-        # trust_env off also drops REQUESTS_CA_BUNDLE: a private CA (the LLF gateway's) comes back here
-        self.session.verify = os.environ.get("LLF_CA_CERT") or os.environ.get("REQUESTS_CA_BUNDLE") or True
+        # trust_env off also drops REQUESTS_CA_BUNDLE: the run's CA (the LLF gateway's) is set here
+        self.session.verify = verify(STATE.config.ca_cert if STATE.config else None)
 
     def on_stop(self) -> None:
         self.session.close()
@@ -208,8 +208,8 @@ def on_init(environment: Environment, **_: Any) -> None:
             load_slo(config.slo_path),
             out,
             # The key goes to the target only, never to servers named by --metrics-url.
-            scrape=lambda: scrape_all(config.scrape_urls(), {config.host: headers}),
-            recount=lambda samples: recount_tokens(samples, config.host, config.model, headers),
+            scrape=lambda: scrape_all(config.scrape_urls(), {config.host: headers}, ca_cert=config.ca_cert),
+            recount=lambda samples: recount_tokens(samples, config.host, config.model, headers, ca_cert=config.ca_cert),
         )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import requests
 
 from llf_client.metrics import Histogram, Metrics, MetricsParseError, histogram_delta
+from loadtests.config import verify
 
 # Our name -> vLLM's histogram family (seconds).
 SERVER_METRICS = {
@@ -41,10 +42,15 @@ def metrics_url(url: str) -> str:
     return f"{root}/metrics"
 
 
-def scrape(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> str | None:
-    """GET the metrics page of ``url``; None when the server has no such page or fails."""
+def scrape(
+    url: str, headers: dict[str, str] | None = None, timeout: float = 5.0, ca_cert: str | None = None
+) -> str | None:
+    """GET the metrics page of ``url``; None when the server has no such page or fails.
+
+    ``ca_cert``: the CA file to trust for https (the run's, e.g. the gateway's).
+    """
     try:
-        response = requests.get(metrics_url(url), headers=headers, timeout=timeout)
+        response = requests.get(metrics_url(url), headers=headers, timeout=timeout, verify=verify(ca_cert))
     except requests.RequestException:
         return None
     if response.status_code != 200:
@@ -53,11 +59,14 @@ def scrape(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
 
 
 def scrape_all(
-    urls: Sequence[str], headers_for: Mapping[str, dict[str, str]] | None = None, timeout: float = 5.0
+    urls: Sequence[str],
+    headers_for: Mapping[str, dict[str, str]] | None = None,
+    timeout: float = 5.0,
+    ca_cert: str | None = None,
 ) -> dict[str, str | None]:
     """One scrape of every URL: url -> text (None where it failed)."""
     headers_for = headers_for or {}
-    return {url: scrape(url, headers_for.get(url), timeout) for url in urls}
+    return {url: scrape(url, headers_for.get(url), timeout, ca_cert) for url in urls}
 
 
 def _parse(text: str | None) -> Metrics | None:

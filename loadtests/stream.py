@@ -16,6 +16,7 @@ from typing import Any
 
 import requests
 
+from loadtests.config import verify
 from loadtests.metrics import Sample
 from loadtests.sse import SSEParser, StreamTiming
 
@@ -203,6 +204,7 @@ def recount_tokens(
     headers: Mapping[str, str] | None = None,
     limit: int = 2000,
     timeout: float = 10.0,
+    ca_cert: str | None = None,
 ) -> int:
     """Count output tokens with the server's tokenizer where the stream had no usage.
 
@@ -211,6 +213,7 @@ def recount_tokens(
     """
     recounted = 0
     session = requests.Session()
+    session.verify = verify(ca_cert)
     for sample in samples:
         if sample.text is None or sample.tokens_source != "chunks" or recounted >= limit:
             continue
@@ -220,7 +223,9 @@ def recount_tokens(
             "add_special_tokens": False,
         }
         try:
-            response = session.post(f"{root}/tokenize", json=body, headers=dict(headers or {}), timeout=timeout)
+            response = session.post(
+                f"{root}/tokenize", json=body, headers=dict(headers or {}), timeout=timeout, verify=verify(ca_cert)
+            )
             data = response.json() if response.status_code == 200 else None
             count = data.get("count") if isinstance(data, dict) else None
         except (requests.RequestException, ValueError):

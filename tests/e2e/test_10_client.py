@@ -250,13 +250,21 @@ def test_models(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "models", *url_args(server))
     assert code == 0
     header, row = out.splitlines()
-    assert header.split() == ["ENDPOINT", "URL", "MODEL", "CONTEXT"]
-    assert row.split()[:3] == ["url", server.base_url, server.model]
+    assert header.split() == ["ENDPOINT", "URL", "MODEL", "KIND", "CONTEXT"]
+    assert row.split()[:4] == ["url", server.base_url, server.model, "-"]  # --url: kind unknown
     code, out, _ = run(capsys, "models", *url_args(server), "--json")
     (entry,) = json.loads(out)["endpoints"]
     (model,) = entry["models"]
     assert model["id"] == server.model and model["max_model_len"] > 0
-    assert row.split()[3] == str(model["max_model_len"])
+    assert row.split()[4] == str(model["max_model_len"])
+
+
+def test_models_of_an_endpoints_file_know_the_kind(
+    server: Server, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = endpoints_file(tmp_path, real_entry(server, model=server.model, kind="chat"))
+    code, out, _ = run(capsys, "models", "--endpoints", path)
+    assert code == 0 and out.splitlines()[1].split()[2:4] == [server.model, "chat"]
 
 
 def test_health(server: Server, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from llf_client.config import load_endpoints_file
 from tests.conftest import Server
 
 pytestmark = pytest.mark.e2e
@@ -70,10 +70,9 @@ def embedding_server(request: pytest.FixtureRequest) -> Server:
     if os.environ.get("LLF_TEST_BASE_URL"):
         pytest.skip("no embedding model: set LLF_TEST_EMBED_BASE_URL to test one beside LLF_TEST_BASE_URL")
     endpoints_file = request.getfixturevalue("deployment").endpoints_file
-    entries = yaml.safe_load(endpoints_file.read_text(encoding="utf-8"))["endpoints"]
-    for entry in entries:
-        if entry.get("kind") == "embedding":
-            return Server(base_url=entry["base_url"], model=entry["model"], api_key=entry.get("api_key"))
+    for entry in load_endpoints_file(endpoints_file):  # llf_client's reader, the one reader of the file
+        if entry.kind == "embedding" and entry.model:
+            return Server(base_url=entry.base_url, model=entry.model, api_key=entry.api_key)
     pytest.skip("the deployed endpoints include no embedding model (kind: embedding)")
 
 

@@ -37,6 +37,8 @@ class Behaviour:
     metrics: list[str] = field(default_factory=list)
     metrics_status: int = 200  # e.g. 404, as a gateway answers
     requests: list[str] = field(default_factory=list)  # "METHOD /path" seen
+    bodies: list[dict[str, Any]] = field(default_factory=list)  # the JSON bodies of POSTs
+    dimensions: int = 8  # /v1/embeddings: vectors of this size (0: empty vectors)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -110,6 +112,10 @@ class _Handler(BaseHTTPRequestHandler):
         b.requests.append(f"POST {self.path}")
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
+        b.bodies.append(body)
+        if self.path == "/v1/embeddings" and self._authorized():
+            self._embeddings(body)
+            return
         if self.path != "/v1/chat/completions":
             self._error(404, "Not Found")
             return
@@ -147,6 +153,23 @@ class _Handler(BaseHTTPRequestHandler):
                     },
                 },
             )
+
+    def _embeddings(self, body: dict[str, Any]) -> None:
+        """A vector per input: its letters counted into `dimensions` buckets (alike texts, alike vectors)."""
+        b = self.server.behaviour
+        if body.get("model") != b.model:
+            self._error(404, f"The model `{body.get('model')}` does not exist.")
+            return
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = []
+        for index, text in enumerate(texts):
+            vector = [0.0] * b.dimensions
+            for char in str(text).lower():
+                if char.isalpha() and b.dimensions:
+                    vector[ord(char) % b.dimensions] += 1.0
+            data.append({"object": "embedding", "index": index, "embedding": vector})
+        usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}
+        self._json(200, {"object": "list", "model": b.model, "data": data, "usage": usage})
 
     def _stream(self) -> None:
         b = self.server.behaviour

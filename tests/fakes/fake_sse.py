@@ -24,7 +24,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+from tests.fakes.tls import server_context
 
 MODEL = "fake-model"
 EMBED_MODEL = "fake-embed"
@@ -231,8 +234,13 @@ class _Server(ThreadingHTTPServer):
 class FakeSSEServer:
     """The fake on 127.0.0.1 and a free port, served from a daemon thread."""
 
-    def __init__(self, port: int = 0, **behaviour: Any) -> None:
+    def __init__(self, port: int = 0, tls: tuple[Path, Path] | None = None, **behaviour: Any) -> None:
+        """``tls``: (certificate, key) PEM files to serve https with (see tests/fakes/tls.py)."""
         self._server = _Server(("127.0.0.1", port), _Handler)
+        self.scheme = "http"
+        if tls is not None:
+            self._server.socket = server_context(*tls).wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._server.behaviour = Behaviour(**behaviour)
         self._server.stats = Stats()
         self._server.lock = threading.Lock()
@@ -250,7 +258,7 @@ class FakeSSEServer:
     @property
     def root_url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self.scheme}://{host!s}:{port}"
 
     @property
     def base_url(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import runpy
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +15,18 @@ from loadtests.config import (
     API_KEY_ENV,
     CONFIG_ENV,
     RunConfig,
-    endpoints_path,
+    chat_endpoints,
     first_model,
     parse_duration,
-    read_endpoint,
     root_url,
 )
 from loadtests.errors import ServerError, UsageError
+from loadtests.metrics import Sample
 from loadtests.plan import build_plan, step_levels
+from loadtests.prom import scrape, scrape_all
+from loadtests.stream import recount_tokens
 from tests.fakes.fake_sse import MODEL, FakeSSEServer
+from tests.fakes.tls import self_signed
 
 SECRET = "sk-test-not-printed"
 
@@ -54,50 +58,106 @@ def write_endpoints(path: Path, text: str) -> Path:
     return path
 
 
-def test_endpoints_path_order(tmp_path: Path) -> None:
-    assert endpoints_path({"LLF_CONFIG": "/x/e.yml", "XDG_CONFIG_HOME": "/y"}) == Path("/x/e.yml")
-    assert endpoints_path({"XDG_CONFIG_HOME": "/y"}) == Path("/y/llf/endpoints.yml")
-    assert endpoints_path({"HOME": str(tmp_path)}) == tmp_path / ".config/llf/endpoints.yml"
-
-
-def test_read_endpoint(tmp_path: Path) -> None:
-    assert read_endpoint(tmp_path / "none.yml") is None
-    good = write_endpoints(
-        tmp_path / "e.yml",
-        "endpoints:\n  - {name: a, base_url: 'http://127.0.0.1:8001/v1', model: m1}\n  - {name: b, base_url: x}\n",
+def test_chat_endpoints_read_by_llf_clients_reader(tmp_path: Path) -> None:
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    assert chat_endpoints(env) == []
+    write_endpoints(
+        tmp_path / "llf" / "endpoints.yml",
+        "endpoints:\n  - {name: e, base_url: 'http://127.0.0.1:8002/v1', kind: embedding, model: mini}\n"
+        "  - {name: a, base_url: 'http://127.0.0.1:8001/v1', model: m1}\n",
     )
-    assert read_endpoint(good) == {"name": "a", "base_url": "http://127.0.0.1:8001/v1", "model": "m1"}
+    ((entry),) = chat_endpoints(env)
+    assert (entry.name, entry.base_url, entry.model, entry.kind) == ("a", "http://127.0.0.1:8001/v1", "m1", "chat")
     for text, message in [
-        ("endpoints: [unclosed\n", "cannot read endpoints file"),
-        ("endpoints: []\n", "has no 'endpoints' list"),
-        ("endpoints: [{name: a}]\n", "has no base_url"),
+        ("endpoints: [unclosed\n", "not valid YAML at line 2"),
+        ("endpoints: []\n", "the 'endpoints' list is empty"),
+        ("endpoints: [{name: a}]\n", "name and base_url are required"),
     ]:
-        with pytest.raises(UsageError, match=message):
-            read_endpoint(write_endpoints(tmp_path / "bad.yml", text))
+        write_endpoints(tmp_path / "bad.yml", text)
+        with pytest.raises(UsageError, match=message) as info:
+            chat_endpoints({"LLF_CONFIG": str(tmp_path / "bad.yml")})
+        assert f"endpoints file {tmp_path / 'bad.yml'}" in str(info.value)
 
 
 def test_resolve_endpoint_precedence(tmp_path: Path) -> None:
     file = write_endpoints(
         tmp_path / "e.yml",
-        f"endpoints:\n  - {{name: a, base_url: 'http://127.0.0.1:8001/v1', api_key: {SECRET}, model: m1}}\n",
+        f"endpoints:\n  - {{name: a, base_url: 'http://127.0.0.1:8001/v1', api_key: {SECRET}, model: m1}}\n"
+        "  - {name: a-emb, base_url: 'http://127.0.0.1:8002/v1', api_key: k-e, model: emb, kind: embedding}\n"
+        "  - {name: a-m2, base_url: 'http://127.0.0.1:8003/v1', api_key: k-m2, model: m2}\n",
     )
     env = {"LLF_CONFIG": str(file)}
-    assert cli.resolve_endpoint(None, None, None, env) == ("http://127.0.0.1:8001", SECRET, "m1")
+    assert cli.resolve_endpoint(None, None, None, env) == ("http://127.0.0.1:8001", SECRET, "m1", None)
+    # --model picks the entry serving it, with that entry's key
+    assert cli.resolve_endpoint(None, None, "m2", env) == ("http://127.0.0.1:8003", "k-m2", "m2", None)
+    # an embedding entry is never a load-test target
+    assert cli.resolve_endpoint(None, None, "emb", env)[:2] == ("http://127.0.0.1:8001", SECRET)
     # An explicit host that is the file's server still takes its key and model.
-    assert cli.resolve_endpoint("http://127.0.0.1:8001", None, None, env)[1:] == (SECRET, "m1")
+    assert cli.resolve_endpoint("http://127.0.0.1:8001", None, None, env)[1:] == (SECRET, "m1", None)
     # Another host never receives the file's key.
     assert cli.resolve_endpoint("http://10.0.0.9:8000/v1", None, None, env) == (
         "http://10.0.0.9:8000",
         None,
         None,
+        None,
     )
     env_vars = {**env, "OPENAI_BASE_URL": "http://127.0.0.1:9000/v1", "OPENAI_API_KEY": "k2"}
-    assert cli.resolve_endpoint(None, None, "m9", env_vars) == ("http://127.0.0.1:9000", "k2", "m9")
-    assert cli.resolve_endpoint(None, "k3", None, {"HOME": str(tmp_path)}) == (
+    assert cli.resolve_endpoint(None, None, "m9", env_vars) == ("http://127.0.0.1:9000", "k2", "m9", None)
+    assert cli.resolve_endpoint(None, "k3", None, {"XDG_CONFIG_HOME": str(tmp_path)}) == (
         "http://127.0.0.1:8000",
         "k3",
         None,
+        None,
     )
+    no_file = {"XDG_CONFIG_HOME": str(tmp_path), "REQUESTS_CA_BUNDLE": "/b.pem"}
+    assert cli.resolve_endpoint(None, None, None, no_file)[3] == "/b.pem"
+    assert cli.resolve_endpoint(None, None, None, {**no_file, "LLF_CA_CERT": "/l.pem"})[3] == "/l.pem"
+    assert cli.resolve_endpoint(None, None, None, no_file, "/o.pem")[3] == "/o.pem"
+
+
+# --- TLS with a private CA: a real local https server and a certificate made here ---
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[FakeSSEServer, Path]]:
+    cert, key = self_signed(tmp_path / "ca")
+    with FakeSSEServer(tls=(cert, key), ttft=0.0, itl=0.0) as fake:
+        yield fake, cert
+
+
+def test_https_target_is_verified_with_the_endpoint_files_ca_cert(
+    tmp_path: Path, tls_server: tuple[FakeSSEServer, Path]
+) -> None:
+    fake, cert = tls_server
+    file = write_endpoints(tmp_path / "e.yml", f"endpoints:\n  - {{name: gw, base_url: '{fake.base_url}'}}\n")
+    env = {"LLF_CONFIG": str(file)}
+    # without the CA: the model lookup fails on the certificate, in one clear line
+    with pytest.raises(ServerError, match="certificate not trusted \\(pass --ca-cert\\)"):
+        cli.make_config(cli.build_parser().parse_args(["run", "--out", str(tmp_path / "r")]), env)
+    write_endpoints(file, f"endpoints:\n  - {{name: gw, base_url: '{fake.base_url}', ca_cert: '{cert}'}}\n")
+    config, _ = cli.make_config(cli.build_parser().parse_args(["run", "--out", str(tmp_path / "r")]), env)
+    assert (config.host, config.model, config.ca_cert) == (fake.root_url, MODEL, str(cert))  # via /v1/models
+    assert RunConfig.load(_saved(config, tmp_path)).ca_cert == str(cert)  # the Locust processes get it
+    # the /metrics scrapes and the /tokenize recount trust it too, and only with it
+    assert scrape(fake.root_url, ca_cert=str(cert)) is not None
+    assert scrape(fake.root_url) is None
+    assert scrape_all([fake.root_url], ca_cert=str(cert))[fake.root_url] is not None
+    sample = Sample(start=0, success=True, text="three words here", tokens_source="chunks")
+    assert recount_tokens([sample], fake.root_url, MODEL) == 0
+    assert recount_tokens([sample], fake.root_url, MODEL, ca_cert=str(cert)) == 1
+    assert sample.output_tokens == 3
+
+
+def test_a_ca_cert_that_is_not_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    parsed = cli.build_parser().parse_args(["run", "--host", "https://127.0.0.1:9", "--ca-cert", "/no/ca.pem"])
+    with pytest.raises(UsageError, match="CA certificate /no/ca.pem is not a file: fix --ca-cert"):
+        cli.make_config(parsed, {"XDG_CONFIG_HOME": str(tmp_path)})
+
+
+def _saved(config: RunConfig, tmp_path: Path) -> Path:
+    path = tmp_path / "run-config.json"
+    config.save(path)
+    return path
 
 
 def test_first_model() -> None:

@@ -17,7 +17,7 @@ import requests
 from loadtests import cli
 from loadtests.agent import Agent
 from loadtests.collect import Collector, RecordWriter
-from loadtests.config import RunConfig, find_models, serves_embeddings
+from loadtests.config import RunConfig, find_models, serves_embeddings, verify
 from loadtests.errors import ServerError, SloError
 from loadtests.metrics import Sample, summarize_embeddings
 from loadtests.report import summary_text
@@ -25,6 +25,7 @@ from loadtests.scenarios import EMBED_KIND
 from loadtests.slo import EMBEDDINGS, INCONCLUSIVE, MISS, PASS, evaluate, load_slo, parse_slo
 from loadtests.stream import send_embedding
 from tests.fakes.fake_sse import EMBED_MODEL, MODEL, FakeSSEServer
+from tests.fakes.tls import self_signed
 from tests.unit.test_loadtest_controller import T0, Rig, result
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,13 +164,55 @@ def test_cli_picks_the_models(fake: FakeSSEServer, tmp_path: Path) -> None:
     assert (named.model, named.embed_model) == ("c", "e")  # both given: nothing asked of the server
     by_model = config_for("--host", "http://127.0.0.1:9", "--scenario", "embeddings", "--model", "e")
     assert (by_model.model, by_model.embed_model) == ("e", "e")
-    # the endpoints file's model is a chat model: not taken for an embeddings run
+    # a chat entry's model is not taken for an embeddings run; its server is
     endpoints = tmp_path / "endpoints.yml"
     endpoints.write_text(f"endpoints: [{{name: x, base_url: '{fake.base_url}', model: {MODEL}}}]\n")
     from_file = config_for("--scenario", "embeddings", env={"LLF_CONFIG": str(endpoints)})
     assert from_file.model == EMBED_MODEL
     chat = config_for("--host", fake.base_url)
     assert (chat.model, chat.embed_model) == (MODEL, "")
+
+
+def test_cli_takes_the_endpoints_files_embedding_entry(fake: FakeSSEServer, tmp_path: Path) -> None:
+    ca = tmp_path / "gw.pem"
+    ca.write_text("not read: no https here\n")
+    endpoints = tmp_path / "endpoints.yml"
+    endpoints.write_text(
+        "endpoints:\n"
+        f"  - {{name: chat, base_url: '{fake.base_url}', model: {MODEL}}}\n"
+        f"  - {{name: emb, base_url: '{fake.base_url}', model: e-file, kind: embedding, api_key: k-e,"
+        f" ca_cert: '{ca}'}}\n"
+        "  - {name: emb2, base_url: 'http://127.0.0.1:9/v1', model: e-other, kind: embedding}\n"
+    )
+    env = {"LLF_CONFIG": str(endpoints)}
+    # no --host, no model: the first embedding entry gives URL, model, key and CA (no probe)
+    config, key = cli.make_config(cli.build_parser().parse_args(["run", "--scenario", "embeddings"]), env=env)
+    assert (config.host, config.model, config.embed_model, key, config.ca_cert) == (
+        fake.root_url,
+        "e-file",
+        "e-file",
+        "k-e",
+        str(ca),
+    )
+    other = config_for("--scenario", "embeddings", "--embed-model", "e-other", env=env)
+    assert (other.host, other.model, other.ca_cert) == ("http://127.0.0.1:9", "e-other", None)
+    # rag: the chat entry's server and model, the embedding entry at that server
+    rag = config_for("--scenario", "rag", env=env)
+    assert (rag.host, rag.model, rag.embed_model) == (fake.root_url, MODEL, "e-file")
+
+
+def test_embedding_probes_trust_the_ca_cert(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path / "ca")
+    with FakeSSEServer(tls=(cert, key), ttft=0.0, itl=0.0, models=(MODEL, EMBED_MODEL)) as fake:
+        assert not serves_embeddings(fake.root_url, None, EMBED_MODEL)  # the certificate is not trusted
+        assert serves_embeddings(fake.root_url, None, EMBED_MODEL, ca_cert=str(cert))
+        assert find_models(fake.root_url, None, chat=True, embed=True, ca_cert=str(cert)) == (MODEL, EMBED_MODEL)
+        rag = config_for("--host", fake.base_url, "--scenario", "rag", "--ca-cert", str(cert))
+        assert (rag.model, rag.embed_model, rag.ca_cert) == (MODEL, EMBED_MODEL, str(cert))
+        with requests.Session() as session:
+            session.trust_env, session.verify = False, verify(rag.ca_cert)  # as the Locust users do
+            sample, _ = send_embedding(session, fake.base_url + "/embeddings", {"model": EMBED_MODEL, "input": "x y"})
+        assert sample.success
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ from loadtests.collect import Collector, RecordWriter  # noqa: E402
 from loadtests.config import API_KEY_ENV, CONFIG_ENV, RunConfig  # noqa: E402
 from loadtests.metrics import Sample  # noqa: E402
 from tests.fakes.fake_sse import FakeSSEServer  # noqa: E402
+from tests.fakes.tls import self_signed  # noqa: E402
 
 SLO = Path(__file__).resolve().parents[2] / "loadtests" / "slo.yaml"
 
@@ -207,10 +208,12 @@ def test_init_by_role(
     assert (state.controller is not None) == (role != "worker")
     if state.controller is not None:
         calls: list[tuple[object, ...]] = []
-        monkeypatch.setattr(locustfile, "scrape_all", lambda *a: calls.append(a) or {})
+        monkeypatch.setattr(locustfile, "scrape_all", lambda *a, **kw: calls.append((*a, kw)) or {})
         state.controller._scrape()
-        # the key goes to the target only, never to servers named by --metrics-url
-        assert calls == [([config_file.host], {config_file.host: {"Authorization": "Bearer sk-x"}})]
+        # the key goes to the target only, never to servers named by --metrics-url; the CA to all
+        assert calls == [
+            ([config_file.host], {config_file.host: {"Authorization": "Bearer sk-x"}}, {"ca_cert": None})
+        ]
     locustfile.on_test_start(env)
     assert (state.agent is not None) == (role != "master")
     if state.agent is not None:
@@ -250,3 +253,31 @@ def test_config_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
         locustfile._config()
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     assert locustfile._headers() == {}
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_users_stream_over_https_with_the_runs_ca_only(
+    state: locustfile.ProcessState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted: bool
+) -> None:
+    cert, key = self_signed(tmp_path / "ca")
+    with FakeSSEServer(tls=(cert, key), ttft=0.0, itl=0.0) as fake:
+        config = RunConfig(
+            host=fake.root_url, model="fake-model", out=str(tmp_path), slo_path=str(SLO),
+            warmup=0.0, duration=5.0, max_requests=1, ca_cert=str(cert) if trusted else None,
+        )
+        state.config = config
+        monkeypatch.setattr(locustfile.StreamingUser, "host", fake.root_url)
+        env = Environment(user_classes=[locustfile.ClosedLoopUser], host=fake.root_url)
+        failures: list[object] = []
+        env.events.request.add_listener(lambda **kw: failures.append(kw["exception"]))
+        user = locustfile.ClosedLoopUser(env)
+        user.on_start()
+        assert user.session.verify == (str(cert) if trusted else True)
+        state.agent = Agent(config, RecordWriter(tmp_path / "raw", "local", pid=6))
+        user.stream()
+        user.on_stop()
+    if trusted:
+        assert fake.stats.requests == 1 and failures and failures[0] is None
+    else:
+        assert fake.stats.requests == 0
+        assert "CERTIFICATE_VERIFY_FAILED" in str(failures[0])
