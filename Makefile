@@ -33,6 +33,7 @@ SCENARIO  ?=
 SLO       ?=
 WORKERS   ?=
 METRICS   ?=
+EMBED_MODEL ?=
 
 PLAYBOOK   = $(VENV)/bin/ansible-playbook -i $(INVENTORY) $(if $(LIMIT),--limit $(LIMIT))
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
@@ -84,10 +85,11 @@ smoke: venv ## Smoke-check every deployed endpoint
 	$(VENV)/bin/llf-client smoke $(if $(filter-out inventories/local,$(INVENTORY)),--inventory $(INVENTORY))
 
 .PHONY: loadtest
-loadtest: venv ## Load-test the deployed endpoint (HOST= USERS= RATE= DURATION= SCENARIO= SLO= WORKERS= METRICS='<server URLs>')
+loadtest: venv ## Load-test the deployed endpoint (HOST= USERS= RATE= DURATION= SCENARIO= SLO= WORKERS= METRICS='<server URLs>' EMBED_MODEL=)
 	$(VENV)/bin/python -m loadtests run $(if $(HOST),--host $(HOST)) $(if $(USERS),--users $(USERS)) \
 	  $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(SCENARIO),--scenario $(SCENARIO)) \
-	  $(if $(SLO),--slo $(SLO)) $(if $(WORKERS),--workers $(WORKERS)) $(foreach url,$(METRICS),--metrics-url $(url))
+	  $(if $(SLO),--slo $(SLO)) $(if $(WORKERS),--workers $(WORKERS)) $(foreach url,$(METRICS),--metrics-url $(url)) \
+	  $(if $(EMBED_MODEL),--embed-model $(EMBED_MODEL))
 
 .PHONY: lock
 lock: venv ## Regenerate the engine's hash-locked requirements (roles/llf_engine/files/locks/; LOCK_ARGS='--python 3.12')

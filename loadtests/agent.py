@@ -19,7 +19,7 @@ from loadtests.metrics import Sample
 from loadtests.plan import build_plan
 from loadtests.prompts import PromptGenerator
 from loadtests.scenarios import build_request
-from loadtests.stream import send_streamed
+from loadtests.stream import send_embedding, send_streamed
 
 DEADLINE_MARGIN = 60.0
 
@@ -76,13 +76,16 @@ class Agent:
             self.generator,
             key=str(self.sent),
             ignore_eos=self.config.ignore_eos,
+            embed_model=self.config.embed_model or None,
+            embed_tokens=self.config.embed_tokens,
         )
+        send = send_embedding if spec.part.embedding else send_streamed
         self.sent += 1
         rid = self.sent
         self._inflight[rid] = time.time()
         queue = None if t_sched is None else max(0.0, time.perf_counter() - t_sched)
         try:
-            sample, received = send_streamed(
+            sample, received = send(
                 session,
                 self.config.host + spec.path,
                 spec.body,

@@ -26,14 +26,14 @@ from loadtests.config import (
     DEFAULT_HOST,
     SHAPES,
     RunConfig,
-    chat_endpoints,
-    first_model,
+    file_endpoints,
+    find_models,
     parse_duration,
     root_url,
 )
 from loadtests.errors import LoadtestError, NoResultError, UsageError
 from loadtests.plan import build_plan
-from loadtests.scenarios import SCENARIOS
+from loadtests.scenarios import DEFAULT_EMBED_TOKENS, SCENARIOS, has_chat, has_embeddings
 from loadtests.slo import load_slo
 
 HERE = Path(__file__).resolve().parent
@@ -59,7 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
         f"the first chat entry of the endpoints file (serving --model), else {DEFAULT_HOST})",
     )
     run.add_argument("--api-key", help="API key (default: $LLF_API_KEY, $OPENAI_API_KEY, endpoints file)")
-    run.add_argument("--model", help="model name (default: endpoints file, else the first in /v1/models)")
+    run.add_argument(
+        "--model",
+        help="chat model (default: endpoints file, else the first chat model of /v1/models); "
+        "scenario embeddings: the embedding model",
+    )
+    run.add_argument(
+        "--embed-model",
+        help="embedding model of the scenarios embeddings and rag (default: the endpoints file's "
+        "kind: embedding entry, else the first model of /v1/models that answers /v1/embeddings)",
+    )
+    run.add_argument(
+        "--embed-tokens",
+        type=int,
+        default=DEFAULT_EMBED_TOKENS,
+        help=f"tokens per /v1/embeddings input, +-10 %% (default {DEFAULT_EMBED_TOKENS})",
+    )
     run.add_argument(
         "--ca-cert",
         metavar="PEM",
@@ -112,14 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_endpoint(
-    host: str | None, api_key: str | None, model: str | None, env: dict[str, str], ca_cert: str | None = None
+    host: str | None,
+    api_key: str | None,
+    model: str | None,
+    env: dict[str, str],
+    ca_cert: str | None = None,
+    kind: str = "chat",
 ) -> tuple[str, str | None, str | None, str | None]:
     """Host, key, model and CA file from the options, the environment, the endpoints file.
 
-    Without a host, the file's first chat entry serving ``--model`` (else its first chat
-    entry) is the target. An entry's key, model and ``ca_cert`` belong to its own server only.
+    Without a host, the file's first entry of ``kind`` serving ``model`` (else its first
+    entry of ``kind``) is the target. An entry's key, model and ``ca_cert`` belong to its
+    own server only.
     """
-    entries = chat_endpoints(env)
+    entries = file_endpoints(env, kind)
     host = host or env.get("LLF_BASE_URL") or env.get("OPENAI_BASE_URL")
     root = root_url(host) if host else None
     candidates = [e for e in entries if root is None or root_url(e.base_url) == root]
@@ -136,6 +157,56 @@ def resolve_endpoint(
         model = model or entry.model
     ca_cert = ca_cert or env.get("LLF_CA_CERT") or (entry.ca_cert if entry else None) or env.get("REQUESTS_CA_BUNDLE")
     return root, api_key, model, ca_cert or None
+
+
+def resolve_models(
+    args: argparse.Namespace, env: dict[str, str]
+) -> tuple[str, str | None, str, str | None, str | None]:
+    """Host, key, chat model, embedding model and CA file of the run.
+
+    Scenario embeddings sends to one model: ``--embed-model``, else ``--model``, else the
+    endpoints file's ``kind: embedding`` entry (which, without ``--host``, also gives the
+    URL, key and ``ca_cert``; a file without such entries gives only its chat server's),
+    else the first model of /v1/models that answers /v1/embeddings. Scenario rag needs
+    both: the chat model as for a chat scenario, and ``--embed-model``, else the model of
+    the file's ``kind: embedding`` entry at the same server, else found the same way.
+    Chat scenarios take ``--model``, the file's chat entry, else the first model that
+    does not answer /v1/embeddings (no probe when the server lists a single model).
+    Every request, the probes too, trusts the CA file.
+    """
+    chat, embed = has_chat(args.scenario), has_embeddings(args.scenario)
+    if not chat:
+        wanted = args.embed_model or args.model
+        # A file without embedding entries still names the server (URL, key, CA), not the model.
+        kind = "embedding" if file_endpoints(env, "embedding") else "chat"
+        root, api_key, embed_model, ca_cert = resolve_endpoint(
+            args.host, args.api_key, wanted, env, args.ca_cert, kind=kind
+        )
+        embed_model = embed_model if kind == "embedding" else wanted
+        _check_ca(ca_cert)
+        if not embed_model:
+            embed_model = find_models(root, api_key, chat=False, embed=True, ca_cert=ca_cert)[1]
+        assert embed_model is not None
+        return root, api_key, embed_model, embed_model, ca_cert
+    root, api_key, model, ca_cert = resolve_endpoint(args.host, args.api_key, args.model, env, args.ca_cert)
+    _check_ca(ca_cert)
+    embed_model = args.embed_model
+    if embed and not embed_model:
+        same = (e.model for e in file_endpoints(env, "embedding") if e.model and root_url(e.base_url) == root)
+        embed_model = next(same, None)
+    if not model or (embed and not embed_model):
+        found_chat, found_embed = find_models(
+            root, api_key, chat=not model, embed=embed and not embed_model, ca_cert=ca_cert
+        )
+        model = model or found_chat
+        embed_model = embed_model or found_embed
+    assert model is not None
+    return root, api_key, model, embed_model, ca_cert
+
+
+def _check_ca(ca_cert: str | None) -> None:
+    if ca_cert and not Path(ca_cert).is_file():
+        raise UsageError(f"CA certificate {ca_cert} is not a file: fix --ca-cert, LLF_CA_CERT or the endpoints file")
 
 
 def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfig, str | None]:
@@ -178,12 +249,17 @@ def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfi
             raise UsageError(f"--metrics-url {url!r}: use a server's http://HOST:PORT") from None
         if root not in metrics_urls:
             metrics_urls.append(root)
+    chat, embed = has_chat(args.scenario), has_embeddings(args.scenario)
+    if args.embed_model and not embed:
+        raise UsageError(f"--embed-model applies to the scenarios embeddings and rag, not {args.scenario}")
+    if args.embed_tokens < 1:
+        raise UsageError("--embed-tokens must be at least 1")
     slo = load_slo(args.slo)
-    root, api_key, model, ca_cert = resolve_endpoint(args.host, args.api_key, args.model, env, args.ca_cert)
-    if ca_cert and not Path(ca_cert).is_file():
-        raise UsageError(f"CA certificate {ca_cert} is not a file: fix --ca-cert, LLF_CA_CERT or the endpoints file")
-    if not model:
-        model = first_model(root, api_key, ca_cert=ca_cert)
+    if embed and slo.embeddings is None:
+        raise UsageError(f"{slo.path} has no 'embeddings' section, which --scenario {args.scenario} is judged by")
+    if chat and not slo.targets:
+        raise UsageError(f"{slo.path} has no chat 'targets', which --scenario {args.scenario} is judged by")
+    root, api_key, model, embed_model, ca_cert = resolve_models(args, env)
     out = Path(args.out) if args.out else DEFAULT_RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     config = RunConfig(
         host=root,
@@ -204,6 +280,8 @@ def make_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[RunConfi
         max_requests=args.max_requests,
         ignore_eos=args.ignore_eos,
         metrics_urls=metrics_urls,
+        embed_model=embed_model or "",
+        embed_tokens=args.embed_tokens,
         ca_cert=str(Path(ca_cert).resolve()) if ca_cert else None,
     )
     if config.request_timeout <= 0:
@@ -317,8 +395,11 @@ def run(config: RunConfig, api_key: str | None, env: dict[str, str]) -> int:
             f"above about {STREAMS_PER_PROCESS} the client skews latency (use --workers)",
             file=sys.stderr,
         )
+    models = config.model
+    if config.embed_model and config.embed_model != config.model:
+        models = f"chat {config.model}, embeddings {config.embed_model}"
     print(
-        f"[loadtest] {config.scenario}/{config.shape} against {config.host} ({config.model}), "
+        f"[loadtest] {config.scenario}/{config.shape} against {config.host} ({models}), "
         f"about {planned:g} s; results in {out}",
         file=sys.stderr,
         flush=True,

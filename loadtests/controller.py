@@ -20,10 +20,11 @@ from loadtests import EXIT_INVALID, EXIT_PASS
 from loadtests import report as reports
 from loadtests.collect import Collector
 from loadtests.config import RunConfig
-from loadtests.metrics import Sample, metric_values, percentile, summarize
+from loadtests.metrics import Sample, metric_values, percentile, summarize, summarize_embeddings
 from loadtests.plan import Stage, build_plan
 from loadtests.prom import Scrapes, stage_summary
-from loadtests.slo import INVALID, OK, WARN, Check, Slo, TargetResult, evaluate, exit_code
+from loadtests.scenarios import EMBED_KIND, has_chat, has_embeddings
+from loadtests.slo import EMBEDDINGS, INVALID, OK, WARN, Check, Slo, TargetResult, evaluate, exit_code
 
 DRAIN_MARGIN = 10.0
 
@@ -52,6 +53,8 @@ class StageResult:
     cpu: dict[str, float]
     exit_code: int
     notes: list[str] = field(default_factory=list)
+    # A mixed run (rag): the embedding requests' figures; ``summary`` has the chat ones.
+    embeddings: dict[str, Any] | None = None
 
 
 def _stderr(message: str) -> None:
@@ -210,8 +213,20 @@ class Controller:
             self._recount(samples)
         ends = [s.start + (s.elapsed or 0.0) for s in samples]
         duration = max([run.end, *ends]) - run.start
-        summary = summarize(samples, duration, self.slo.goodput_ms())
-        targets = evaluate(self.slo, samples)
+        # Chat and embedding requests are summarized and judged apart, each by its own targets.
+        chat = [s for s in samples if s.kind != EMBED_KIND]
+        embed = [s for s in samples if s.kind == EMBED_KIND]
+        embeddings = None
+        targets = []
+        if has_embeddings(self.config.scenario):
+            embeddings = summarize_embeddings(embed, duration, self.slo.goodput_ms(EMBEDDINGS))
+            targets += evaluate(self.slo, embed, duration, EMBEDDINGS)
+        if has_chat(self.config.scenario):
+            summary = summarize(chat, duration, self.slo.goodput_ms())
+            targets = evaluate(self.slo, chat, duration) + targets
+        else:
+            assert embeddings is not None
+            summary, embeddings = embeddings, None
         server = stage_summary(run.scrape_start, run.scrape_end, self.config.model)
         cpu = self.collector.cpu(run.start, run.end)
         checks = self._checks(samples, summary, server, cpu)
@@ -234,6 +249,7 @@ class Controller:
             cpu=cpu,
             exit_code=exit_code(targets, checks),
             notes=notes,
+            embeddings=embeddings,
         )
         run.result = result
         return result

@@ -31,6 +31,7 @@ from loadtests.config import API_KEY_ENV, CONFIG_ENV, RunConfig, verify
 from loadtests.controller import Controller
 from loadtests.metrics import Sample
 from loadtests.prom import scrape_all
+from loadtests.scenarios import EMBED_KIND
 from loadtests.slo import load_slo
 from loadtests.stream import recount_tokens
 
@@ -39,7 +40,7 @@ SPAWN_RATE = 100.0
 
 
 class StreamError(Exception):
-    """A failed streamed request, as Locust's failure table shows it."""
+    """A failed request (streamed or embeddings), as Locust's failure table shows it."""
 
 
 class ProcessState:
@@ -74,7 +75,7 @@ def report_sample(environment: Environment, sample: Sample, received: int) -> No
     fire = environment.events.request.fire
     elapsed = sample.e2el if sample.success else sample.elapsed
     fire(
-        request_type="SSE",
+        request_type="POST" if sample.kind == EMBED_KIND else "SSE",
         name=f"{sample.kind} e2el",
         response_time=(elapsed or 0.0) * 1000.0,
         response_length=received,
@@ -83,7 +84,7 @@ def report_sample(environment: Environment, sample: Sample, received: int) -> No
     )
     if not sample.success:
         return
-    for metric in ("ttft", "ttft_content", "tpot"):
+    for metric in ("ttft", "ttft_content", "tpot"):  # none of them for an embedding request
         value = sample.value(metric)
         if value is not None:
             fire(
@@ -208,9 +209,7 @@ def on_init(environment: Environment, **_: Any) -> None:
             out,
             # The key goes to the target only, never to servers named by --metrics-url.
             scrape=lambda: scrape_all(config.scrape_urls(), {config.host: headers}, ca_cert=config.ca_cert),
-            recount=lambda samples: recount_tokens(
-                samples, config.host, config.model, headers, ca_cert=config.ca_cert
-            ),
+            recount=lambda samples: recount_tokens(samples, config.host, config.model, headers, ca_cert=config.ca_cert),
         )
 
 

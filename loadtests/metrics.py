@@ -214,3 +214,37 @@ def summarize(
     result["output_tokens_source"] = dict(Counter(s.tokens_source for s in ok))
     result["error_counts"] = dict(Counter(s.error or f"HTTP {s.status}" for s in failed).most_common(10))
     return result
+
+
+def summarize_embeddings(
+    samples: Sequence[Sample],
+    duration: float,
+    goodput_ms: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """The figures of the embedding requests of a stage, with ``vllm bench serve``'s keys
+    for an embeddings run: requests, input tokens and the latency (E2EL) only; nothing
+    is streamed, so there is no TTFT, TPOT, ITL nor output token."""
+    ok = [s for s in samples if s.success]
+    failed = [s for s in samples if not s.success]
+    duration = max(duration, 1e-9)
+    total_input = sum(s.prompt_tokens or 0 for s in ok)
+    result: dict[str, Any] = {
+        "duration": duration,
+        "completed": len(ok),
+        "failed": len(failed),
+        "total_input_tokens": total_input,
+        "request_throughput": len(ok) / duration,
+        "request_goodput": None,
+        "total_token_throughput": total_input / duration,
+    }
+    if goodput_ms:
+        good = sum(1 for s in ok if is_good(s, goodput_ms))
+        result["request_goodput"] = good / duration
+        result["good_fraction"] = good / len(samples) if samples else None
+    result.update(distribution_ms(metric_values(samples, "e2el"), "e2el"))
+    for metric in ("client_queue_time", "e2el_including_client_queue"):
+        values = metric_values(samples, metric)
+        if values:
+            result.update(distribution_ms(values, metric))
+    result["error_counts"] = dict(Counter(s.error or f"HTTP {s.status}" for s in failed).most_common(10))
+    return result

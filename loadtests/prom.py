@@ -19,6 +19,7 @@ from typing import Any
 import requests
 
 from llf_client.metrics import Histogram, Metrics, MetricsParseError, histogram_delta
+from loadtests.config import verify
 
 # Our name -> vLLM's histogram family (seconds).
 SERVER_METRICS = {
@@ -49,7 +50,7 @@ def scrape(
     ``ca_cert``: the CA file to trust for https (the run's, e.g. the gateway's).
     """
     try:
-        response = requests.get(metrics_url(url), headers=headers, timeout=timeout, verify=ca_cert or True)
+        response = requests.get(metrics_url(url), headers=headers, timeout=timeout, verify=verify(ca_cert))
     except requests.RequestException:
         return None
     if response.status_code != 200:

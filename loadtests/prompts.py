@@ -24,6 +24,8 @@ INSTRUCTION = "Continue the following list of words with more words:"
 # measured on SmolLM2-135M-Instruct (usage.prompt_tokens minus the word count).
 CHAT_OVERHEAD = 30
 COMPLETION_OVERHEAD = 10
+# [CLS] and [SEP] of a BERT-style embedding model (all-MiniLM-L6-v2) around the words.
+EMBEDDING_OVERHEAD = 2
 
 
 @cache
@@ -65,3 +67,7 @@ class PromptGenerator:
     def completion_prompt(self, key: str, tokens: int) -> str:
         """A raw prompt of about ``tokens`` tokens for /v1/completions."""
         return f"{INSTRUCTION} {self.text(key, tokens - COMPLETION_OVERHEAD)}"
+
+    def embedding_input(self, key: str, tokens: int) -> str:
+        """One /v1/embeddings input of about ``tokens`` tokens (no instruction around it)."""
+        return self.text(key, tokens - EMBEDDING_OVERHEAD)

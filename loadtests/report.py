@@ -14,6 +14,7 @@ import numpy as np
 from loadtests import EXIT_INVALID, EXIT_MISSED, EXIT_PASS, EXIT_USAGE
 from loadtests.config import RunConfig
 from loadtests.metrics import Sample, metric_values
+from loadtests.scenarios import EMBED_KIND
 from loadtests.slo import Slo
 
 if TYPE_CHECKING:
@@ -40,10 +41,12 @@ def _clean(value: Any) -> Any:
 
 
 def stage_json(result: StageResult) -> dict[str, Any]:
+    extra = {} if result.embeddings is None else {"embeddings": result.embeddings}
     return {
         "stage": result.name,
         "users": result.users,
         **result.summary,
+        **extra,
         "server": result.server,
         "client_cpu_percent": result.cpu,
         "targets": [t.row() for t in result.targets],
@@ -73,7 +76,8 @@ def build_result(
         for r in results:
             if capacity and r.users == capacity:
                 headline = r
-    endpoint = "openai-chat" if config.scenario != "completions" else "openai"
+    # vllm bench serve's backend names
+    endpoint = {"completions": "openai", "embeddings": "openai-embeddings"}.get(config.scenario, "openai-chat")
     doc: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
         "endpoint_type": endpoint,
@@ -81,6 +85,7 @@ def build_result(
         "label": "llf-loadtest",
         "model_id": config.model,
         "tokenizer_id": config.model,
+        **({"embed_model_id": config.embed_model} if config.embed_model != config.model else {}),
         "num_prompts": None,
         "request_rate": config.rate if config.shape == "open" else "inf",
         "burstiness": config.burstiness,
@@ -115,8 +120,19 @@ def _quantile(entry: dict[str, Any], q: int) -> str:
 def _measured(row: dict[str, Any]) -> str:
     if row["value"] is None:
         return "-"
-    unit = "%" if row["metric"] == "error_rate" else "ms"
+    unit = {"error_rate": "%", "request_throughput": "req/s"}.get(row["metric"], "ms")
     return f"{row['value']:.2f} {unit}"
+
+
+def _latency_rows(figures: dict[str, Any], prefix: str) -> list[str]:
+    """One row per latency metric present in the figures (chat or embeddings)."""
+    rows = []
+    for metric in ("ttft", "ttft_content", "tpot", "itl", "e2el", "client_queue_time"):
+        if f"mean_{metric}_ms" not in figures:
+            continue
+        cells = [_ms(figures.get(f"{k}_{metric}_ms")) for k in ("mean", "p50", "p90", "p95", "p99")]
+        rows.append(f"{prefix:<7}{metric:<21}" + "".join(f"{c:>9}" for c in cells))
+    return rows
 
 
 def summary_text(doc: dict[str, Any]) -> str:
@@ -126,21 +142,35 @@ def summary_text(doc: dict[str, Any]) -> str:
         f"max concurrency {doc['max_concurrency']}, request rate {doc['request_rate']}, "
         f"model {doc['model_id']} at {doc['host']}",
     ]
+    embeddings_only = doc["endpoint_type"] == "openai-embeddings"
+    if doc.get("embed_model_id"):
+        lines[0] += f", embedding model {doc['embed_model_id']}"
     for st in doc["stages"]:
         lines.append("")
+        if embeddings_only:  # no stream, no output tokens: no chat figure to show
+            figures = f"{st['request_throughput']:.2f} req/s, {st['total_token_throughput']:.1f} input tok/s"
+        else:
+            figures = f"{st['request_throughput']:.2f} req/s, {st['output_throughput']:.1f} output tok/s"
         lines.append(
             f"== stage {st['stage']} ({st['users']} users): {st['completed']} completed, "
-            f"{st['failed']} failed in {st['duration']:.1f} s; "
-            f"{st['request_throughput']:.2f} req/s, {st['output_throughput']:.1f} output tok/s"
+            f"{st['failed']} failed in {st['duration']:.1f} s; {figures}"
         )
         server = st.get("server") or {}
         lines.append(f"{'':28}{'mean':>9}{'p50':>9}{'p90':>9}{'p95':>9}{'p99':>9}  (ms)")
-        for metric in ("ttft", "ttft_content", "tpot", "itl", "e2el", "client_queue_time"):
-            if f"mean_{metric}_ms" not in st:
-                continue
-            cells = [_ms(st.get(f"{k}_{metric}_ms")) for k in ("mean", "p50", "p90", "p95", "p99")]
-            lines.append(f"client {metric:<21}" + "".join(f"{c:>9}" for c in cells))
-        for key, name in (("ttft", "ttft"), ("queue_time", "queue time"), ("e2el", "e2el")):
+        prefix = "embed" if embeddings_only else "client"
+        lines += _latency_rows(st, prefix)
+        embeddings = st.get("embeddings")
+        if embeddings is not None:
+            lines += _latency_rows(embeddings, "embed")
+            lines.append(
+                f"embeddings: {embeddings['completed']} completed, {embeddings['failed']} failed; "
+                f"{embeddings['request_throughput']:.2f} req/s, {embeddings['total_token_throughput']:.1f} input tok/s"
+            )
+        # an embedding model's server TTFT is its whole request: only queue time and e2el then
+        server_rows = [("queue_time", "queue time"), ("e2el", "e2el")]
+        if not embeddings_only:
+            server_rows.insert(0, ("ttft", "ttft"))
+        for key, name in server_rows:
             if key in server:
                 s = server[key]
                 cells = [_ms(s.get("mean_ms"))] + [_quantile(s, q) for q in (50, 90, 95, 99)]
@@ -152,9 +182,8 @@ def summary_text(doc: dict[str, Any]) -> str:
             lines.append("server: no /metrics delta (not vLLM, or not reachable)")
         lines.append(f"{'target':<36}{'measured':>14}{'n':>8}{'needed':>8}  verdict")
         for row in st["targets"]:
-            lines.append(
-                f"{row['target']:<36}{_measured(row):>14}{row['n']:>8}{row['needed']:>8}  {row['status'].upper()}"
-            )
+            name = row["target"] if row.get("group", "chat") == "chat" else f"embed {row['target']}"
+            lines.append(f"{name:<36}{_measured(row):>14}{row['n']:>8}{row['needed']:>8}  {row['status'].upper()}")
         for c in st["checks"]:
             value = "-" if c["value"] is None else f"{c['value']:.1f}"
             lines.append(f"check {c['check']:<30}{value:>14}{c['limit']:>8g}  {c['status'].upper()}")
@@ -194,62 +223,83 @@ def write_all(
 
 
 def write_plots(out: Path, results: Sequence[StageResult], all_samples: Sequence[Sample], t0: float) -> list[Path]:
-    """TTFT and ITL histograms, latency and throughput over time (matplotlib Agg)."""
+    """Histograms (chat: TTFT and ITL; embeddings: latency), latency and throughput over
+    time (matplotlib Agg). A run without chat requests gets no chat figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    streamed = [s for s in all_samples if s.kind != EMBED_KIND]
+    embedded = [s for s in all_samples if s.kind == EMBED_KIND]
+    hists = []
+    if streamed or not embedded:
+        hists += [("ttft_hist.png", "ttft", "TTFT (ms)", False), ("itl_hist.png", "itl", "ITL (ms)", False)]
+    if embedded:
+        hists.append(("embed_latency_hist.png", "e2el", "embedding latency (ms)", True))
     paths = []
-    for name, metric, label in (
-        ("ttft_hist.png", "ttft", "TTFT (ms)"),
-        ("itl_hist.png", "itl", "ITL (ms)"),
-    ):
+    for name, metric, label, embedding in hists:
         fig, ax = plt.subplots(figsize=(7, 4))
         for r in results:
-            values = np.asarray(metric_values(r.samples, metric)) * 1000.0
+            samples = [s for s in r.samples if (s.kind == EMBED_KIND) == embedding]
+            values = np.asarray(metric_values(samples, metric)) * 1000.0
             if len(values):
                 ax.hist(values, bins=40, alpha=0.6, label=f"{r.name} (n={len(values)})")
         ax.set_xlabel(label)
         ax.set_ylabel("count")
-        ax.set_title(f"{label.split()[0]} distribution")
+        ax.set_title(f"{label.rsplit(' ', 1)[0]} distribution")
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
         paths.append(_save(fig, out / name))
 
-    ok = [s for s in all_samples if s.success]
+    ok = [s for s in streamed if s.success]
+    ok_embed = [s for s in embedded if s.success]
     bad = [s for s in all_samples if not s.success]
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    ax.scatter([s.start - t0 for s in ok], [(s.ttft or 0) * 1000 for s in ok], s=6, label="TTFT")
-    ax.scatter([s.start - t0 for s in ok], [(s.e2el or 0) * 1000 for s in ok], s=6, label="E2EL")
+    if ok:
+        ax.scatter([s.start - t0 for s in ok], [(s.ttft or 0) * 1000 for s in ok], s=6, label="TTFT")
+        ax.scatter([s.start - t0 for s in ok], [(s.e2el or 0) * 1000 for s in ok], s=6, label="E2EL")
+    if ok_embed:
+        x = [s.start - t0 for s in ok_embed]
+        ax.scatter(x, [(s.e2el or 0) * 1000 for s in ok_embed], s=6, label="embeddings E2EL")
     if bad:
         ax.scatter([s.start - t0 for s in bad], [0] * len(bad), marker="x", c="r", label="failed")
     _stage_lines(ax, results, t0)
     ax.set_xlabel("request start (s since the run began)")
     ax.set_ylabel("latency (ms)")
     ax.set_title("Latency over time (warm-up included)")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     paths.append(_save(fig, out / "latency_over_time.png"))
 
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    if ok:
-        end = max(s.start + (s.e2el or 0) for s in ok) - t0
+    done = ok + ok_embed
+    axes: list[Any]
+    if ok or not done:
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+        axes = [ax1, ax2]
+    else:  # embeddings only: no output chunks to count
+        fig, ax2 = plt.subplots(figsize=(9, 3.5))
+        axes = [ax2]
+    if done:
+        end = max(s.start + (s.e2el or 0) for s in done) - t0
         bins = np.arange(0, math.ceil(end) + 2)
-        token_times = []
-        for s in ok:
-            t = s.start - t0 + (s.ttft or 0)
-            token_times.append(t)
-            for gap in s.itl:
-                t += gap
+        if ok:
+            token_times = []
+            for s in ok:
+                t = s.start - t0 + (s.ttft or 0)
                 token_times.append(t)
-        ax1.hist(token_times, bins=bins, histtype="step")
-        ax2.hist([s.start - t0 + (s.e2el or 0) for s in ok], bins=bins, histtype="step")
-    _stage_lines(ax1, results, t0)
-    _stage_lines(ax2, results, t0)
-    ax1.set_ylabel("output chunks / s")
+                for gap in s.itl:
+                    t += gap
+                    token_times.append(t)
+            axes[0].hist(token_times, bins=bins, histtype="step")
+        ax2.hist([s.start - t0 + (s.e2el or 0) for s in done], bins=bins, histtype="step")
+    for axis in axes:
+        _stage_lines(axis, results, t0)
+    if len(axes) == 2:
+        axes[0].set_ylabel("output chunks / s")
     ax2.set_ylabel("completed req / s")
     ax2.set_xlabel("time (s since the run began)")
-    ax1.set_title("Throughput over time")
+    axes[0].set_title("Throughput over time")
     paths.append(_save(fig, out / "throughput_over_time.png"))
     return paths
 

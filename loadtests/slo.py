@@ -15,9 +15,18 @@ Format (YAML)::
       server_gap_action: warn       # warn | invalid
     capacity:
       min_users: 1                  # step shape: the capacity that passes
+    embeddings:                     # the targets of /v1/embeddings requests
+      min_samples: 30               # (default: the top-level min_samples)
+      targets:
+        - e2el p95 <= 500 ms        # an embedding request's latency
+        - error_rate <= 1 %
+        - request_throughput >= 2 req/s
 
 A percentile target also needs ``100 / (100 - p)`` values (p99: 100), else it is
-inconclusive. Exit codes: 0 pass, 1 a target missed, 3 invalid or inconclusive.
+inconclusive. The top-level targets judge chat and completions requests, the
+``embeddings`` section the embedding requests (scenarios embeddings and rag); each
+group is measured on its own requests only. Exit codes: 0 pass, 1 a target missed,
+3 invalid or inconclusive.
 """
 
 from __future__ import annotations
@@ -47,19 +56,26 @@ _TARGET = re.compile(
     r"^\s*(?P<metric>[a-z][a-z0-9_]*)\s*(?:(?P<stat>p\d+(?:\.\d+)?|mean|median|max)\s*)?"
     r"<=\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|%)\s*$"
 )
-_TOP_KEYS = {"min_samples", "targets", "validity", "capacity"}
+_MIN_RATE = re.compile(r"^\s*request_throughput\s*>=\s*(?P<value>\d+(?:\.\d+)?)\s*req/s\s*$")
+_TOP_KEYS = {"min_samples", "targets", "validity", "capacity", "embeddings"}
+# What an embedding request has: one latency (E2EL), no tokens streamed.
+EMBEDDING_METRICS = ("e2el", "client_queue_time", "e2el_including_client_queue")
+CHAT = "chat"
+EMBEDDINGS = "embeddings"
 _VALIDITY_KEYS = {"client_cpu_percent", "schedule_lag_ms", "server_gap_ms", "server_gap_action"}
 
 
 @dataclass(frozen=True)
 class Target:
-    """``<metric> <stat> <= limit``; latency limits in ms, error_rate in percent."""
+    """``<metric> <stat> <= limit`` (latency limits in ms, error_rate in percent), or
+    ``request_throughput >= limit`` (requests per second, stat "min")."""
 
     metric: str
-    stat: str  # p95, mean, median, max; "rate" for error_rate
+    stat: str  # p95, mean, median, max; "rate" for error_rate; "min" for request_throughput
     limit: float
     min_samples: int
     text: str
+    group: str = CHAT  # chat | embeddings: the requests it judges
 
     @property
     def percentile(self) -> float | None:
@@ -88,11 +104,16 @@ class Slo:
     validity: Validity = field(default_factory=Validity)
     min_users: int = 1
     path: str = ""
+    embeddings: tuple[Target, ...] | None = None  # the 'embeddings' section, if any
 
-    def goodput_ms(self) -> dict[str, float]:
+    def group(self, name: str) -> tuple[Target, ...]:
+        """The targets of the chat requests or of the embedding requests."""
+        return self.targets if name == CHAT else (self.embeddings or ())
+
+    def goodput_ms(self, group: str = CHAT) -> dict[str, float]:
         """Per-request thresholds for goodput: the tightest limit per metric."""
         out: dict[str, float] = {}
-        for t in self.targets:
+        for t in self.group(group):
             if t.metric in PER_REQUEST_METRICS:
                 out[t.metric] = min(out.get(t.metric, math.inf), t.limit)
         return out
@@ -115,6 +136,7 @@ class TargetResult:
             "n": self.n,
             "needed": self.target.needed,
             "status": self.status,
+            "group": self.target.group,
         }
 
 
@@ -138,7 +160,7 @@ class Check:
         }
 
 
-def parse_target(spec: Any, min_samples: int) -> Target:
+def parse_target(spec: Any, min_samples: int, group: str = CHAT) -> Target:
     """A target from its string form or ``{target: ..., min_samples: N}``."""
     if isinstance(spec, dict):
         unknown = set(spec) - {"target", "min_samples"}
@@ -148,18 +170,27 @@ def parse_target(spec: Any, min_samples: int) -> Target:
         spec = spec["target"]
     if not isinstance(spec, str):
         raise SloError(f"target {spec!r} is not a string like 'ttft p95 <= 500 ms'")
+    rate = _MIN_RATE.match(spec)
+    if rate:  # a throughput floor: judged on the stage's duration, one request suffices
+        return Target("request_throughput", "min", float(rate["value"]), 1, spec.strip(), group)
     m = _TARGET.match(spec)
     if not m:
-        raise SloError(f"target {spec!r} does not read '<metric> <stat> <= <number> <ms|s|%>'")
+        raise SloError(
+            f"target {spec!r} does not read '<metric> <stat> <= <number> <ms|s|%>' "
+            "or 'request_throughput >= <number> req/s'"
+        )
     metric, stat, unit = m["metric"], m["stat"], m["unit"]
     value = float(m["value"])
     if metric == "error_rate":
         if stat is not None or unit != "%":
             raise SloError(f"target {spec!r}: write error_rate as 'error_rate <= 1 %'")
-        return Target(metric, "rate", value, min_samples, spec.strip())
+        return Target(metric, "rate", value, min_samples, spec.strip(), group)
     if metric not in LATENCY_METRICS:
-        known = ", ".join((*LATENCY_METRICS, "error_rate"))
+        known = ", ".join((*LATENCY_METRICS, "error_rate", "request_throughput"))
         raise SloError(f"target {spec!r}: unknown metric {metric!r} (known: {known})")
+    if group == EMBEDDINGS and metric not in EMBEDDING_METRICS:
+        known = ", ".join((*EMBEDDING_METRICS, "error_rate", "request_throughput"))
+        raise SloError(f"target {spec!r}: an embedding request has no {metric} (use {known})")
     if stat is None:
         raise SloError(f"target {spec!r}: give a statistic (p95, mean, median, max)")
     if unit == "%":
@@ -167,7 +198,7 @@ def parse_target(spec: Any, min_samples: int) -> Target:
     if stat.startswith("p") and not 0 < float(stat[1:]) < 100:
         raise SloError(f"target {spec!r}: the percentile must lie between 0 and 100")
     limit = value * 1000.0 if unit == "s" else value
-    return Target(metric, stat, limit, min_samples, spec.strip())
+    return Target(metric, stat, limit, min_samples, spec.strip(), group)
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -190,8 +221,11 @@ def parse_slo(data: Any, path: str = "") -> Slo:
     if unknown:
         raise SloError(f"unknown key(s) in the SLO file: {', '.join(sorted(unknown))}")
     min_samples = _positive_int(data.get("min_samples", 20), "min_samples")
+    embeddings = _embeddings(data.get("embeddings"), min_samples) if "embeddings" in data else None
     specs = data.get("targets")
-    if not isinstance(specs, list) or not specs:
+    if embeddings is not None and specs is None:
+        specs = []  # a file for embedding runs only
+    elif not isinstance(specs, list) or not specs:
         raise SloError("the SLO file needs a non-empty 'targets' list")
     targets = tuple(parse_target(s, min_samples) for s in specs)
     raw_validity = data.get("validity") or {}
@@ -214,7 +248,18 @@ def parse_slo(data: Any, path: str = "") -> Slo:
     if not isinstance(capacity, dict) or set(capacity) - {"min_users"}:
         raise SloError("capacity takes only: min_users")
     min_users = _positive_int(capacity.get("min_users", 1), "capacity.min_users")
-    return Slo(targets=targets, validity=validity, min_users=min_users, path=path)
+    return Slo(targets=targets, validity=validity, min_users=min_users, path=path, embeddings=embeddings)
+
+
+def _embeddings(section: Any, min_samples: int) -> tuple[Target, ...]:
+    """The ``embeddings`` section: ``{min_samples: N, targets: [...]}``."""
+    if not isinstance(section, dict) or set(section) - {"min_samples", "targets"}:
+        raise SloError("embeddings takes only: min_samples, targets")
+    min_samples = _positive_int(section.get("min_samples", min_samples), "embeddings.min_samples")
+    specs = section.get("targets")
+    if not isinstance(specs, list) or not specs:
+        raise SloError("embeddings needs a non-empty 'targets' list")
+    return tuple(parse_target(s, min_samples, EMBEDDINGS) for s in specs)
 
 
 def load_slo(path: str | Path) -> Slo:
@@ -234,8 +279,11 @@ def load_slo(path: str | Path) -> Slo:
         raise SloError(f"{p}: {e}") from None
 
 
-def measure(target: Target, samples: Sequence[Sample]) -> tuple[float | None, int]:
-    """The measured value of a target (ms or percent) and the number of values."""
+def measure(target: Target, samples: Sequence[Sample], duration: float | None = None) -> tuple[float | None, int]:
+    """The measured value of a target (ms, percent or req/s) and the number of values."""
+    if target.metric == "request_throughput":
+        completed = sum(1 for s in samples if s.success)
+        return (completed / duration if duration and samples else None), len(samples)
     if target.metric == "error_rate":
         n = len(samples)
         failed = sum(1 for s in samples if not s.success)
@@ -256,13 +304,20 @@ def measure(target: Target, samples: Sequence[Sample]) -> tuple[float | None, in
     return value, len(values)
 
 
-def evaluate(slo: Slo, samples: Sequence[Sample]) -> list[TargetResult]:
-    """The verdict of every target on the raw samples of a stage."""
+def evaluate(
+    slo: Slo, samples: Sequence[Sample], duration: float | None = None, group: str = CHAT
+) -> list[TargetResult]:
+    """The verdict of every target of a group on the raw samples of a stage (of that group).
+
+    ``duration`` (seconds) is needed by a request_throughput target only.
+    """
     results = []
-    for target in slo.targets:
-        value, n = measure(target, samples)
+    for target in slo.group(group):
+        value, n = measure(target, samples, duration)
         if value is None or n < target.needed:
             status = INCONCLUSIVE
+        elif target.stat == "min":
+            status = PASS if value >= target.limit else MISS
         elif value <= target.limit:
             status = PASS
         else:

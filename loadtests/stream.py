@@ -1,4 +1,5 @@
-"""Send one streamed request with plain requests and time it from the SSE stream.
+"""Send one request with plain requests and time it: a stream from its SSE events, an
+embeddings request (not streamed) from the POST to the end of its response body.
 
 Not Locust's ``response_time`` (it stops at the response headers, which vLLM sends
 before prefill), not FastHttpUser (it buffers streamed reads) and not the openai SDK
@@ -15,6 +16,7 @@ from typing import Any
 
 import requests
 
+from loadtests.config import verify
 from loadtests.metrics import Sample
 from loadtests.sse import SSEParser, StreamTiming
 
@@ -133,6 +135,68 @@ def send_streamed(
     return sample, received
 
 
+def send_embedding(
+    session: requests.Session,
+    url: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+    clock: Callable[[], float] = time.perf_counter,
+    wall: Callable[[], float] = time.time,
+) -> tuple[Sample, int]:
+    """POST a (non-streamed) /v1/embeddings request; return its sample and the body bytes.
+
+    Its latency (``e2el``) runs from ``st`` to the end of the response body. Success:
+    HTTP 200 and one embedding per input; ``usage.prompt_tokens`` gives the input tokens.
+    """
+    payload = json.dumps(body).encode("utf-8")
+    all_headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    all_headers.update(headers or {})
+    start = wall()
+    st = clock()
+    try:
+        response = session.request(
+            "POST", url, data=payload, headers=all_headers, stream=True, timeout=(min(timeout, 10.0), timeout)
+        )
+    except requests.RequestException as e:
+        return Sample(start=start, success=False, error=_describe(e), elapsed=clock() - st), 0
+    status = response.status_code
+    try:
+        if status != 200:
+            return Sample(
+                start=start, success=False, status=status, error=_error_text(response), elapsed=clock() - st
+            ), 0
+        content = response.content  # the whole body: the latency ends when it is read
+    except requests.RequestException as e:
+        return Sample(start=start, success=False, status=status, error=_describe(e), elapsed=clock() - st), 0
+    finally:
+        response.close()
+    latency = clock() - st
+    error = None
+    prompt_tokens = None
+    try:
+        data = json.loads(content)
+        items = data["data"]
+        inputs = body.get("input")
+        expected = len(inputs) if isinstance(inputs, list) else 1
+        if not isinstance(items, list) or len(items) != expected or not all(item.get("embedding") for item in items):
+            error = f"expected {expected} embedding(s) in the answer"
+        usage = data.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        error = "the answer is not an embeddings list"
+    sample = Sample(
+        start=start,
+        success=error is None,
+        status=200,
+        error=error,
+        e2el=latency if error is None else None,
+        elapsed=latency,
+        prompt_tokens=prompt_tokens,
+    )
+    return sample, len(content)
+
+
 def recount_tokens(
     samples: list[Sample],
     root: str,
@@ -149,7 +213,7 @@ def recount_tokens(
     """
     recounted = 0
     session = requests.Session()
-    session.verify = ca_cert or True
+    session.verify = verify(ca_cert)
     for sample in samples:
         if sample.text is None or sample.tokens_source != "chunks" or recounted >= limit:
             continue
@@ -160,7 +224,7 @@ def recount_tokens(
         }
         try:
             response = session.post(
-                f"{root}/tokenize", json=body, headers=dict(headers or {}), timeout=timeout, verify=ca_cert or True
+                f"{root}/tokenize", json=body, headers=dict(headers or {}), timeout=timeout, verify=verify(ca_cert)
             )
             data = response.json() if response.status_code == 200 else None
             count = data.get("count") if isinstance(data, dict) else None

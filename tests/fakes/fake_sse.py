@@ -4,7 +4,8 @@ It answers /v1/chat/completions and /v1/completions with a chunked SSE stream: i
 waits ``ttft`` seconds, sends the first chunk (a chat stream sends the role-only
 delta and the first token together, as vLLM does), then one chunk per token every
 ``itl`` seconds, a usage-only chunk and ``[DONE]``. It also serves /v1/models,
-/tokenize (one token per word) and /metrics with vLLM's histogram names, filled with
+/tokenize (one token per word), /v1/embeddings (for the models in ``embed_models``,
+after ``ttft`` seconds, one token per word plus two) and /metrics with vLLM's histogram names, filled with
 its own server-side timing, so the load tests' cross-check can be calibrated too.
 
     with FakeSSEServer(ttft=0.2, itl=0.04) as fake:
@@ -29,6 +30,7 @@ from typing import Any
 from tests.fakes.tls import server_context
 
 MODEL = "fake-model"
+EMBED_MODEL = "fake-embed"
 BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -48,6 +50,8 @@ class Behaviour:
     chunked: bool = True  # False: no Transfer-Encoding, the body ends when the socket closes
     serial: bool = False  # serve one stream at a time (a server with a capacity of one)
     plain_error: bool = False  # error bodies as plain text rather than JSON
+    models: tuple[str, ...] = (MODEL,)  # what /v1/models lists
+    embed_models: tuple[str, ...] = (EMBED_MODEL,)  # the models /v1/embeddings answers for
 
 
 @dataclass
@@ -92,7 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         if self.path == "/v1/models":
-            self._json(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+            models = self.server.behaviour.models
+            self._json(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
         elif self.path == "/metrics":
             with self.server.lock:
                 stats = self.server.stats
@@ -134,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour.api_key and auth != f"Bearer {behaviour.api_key}":
             self._json(401, {"error": {"message": "invalid API key"}})
             return
-        if self.path not in ("/v1/chat/completions", "/v1/completions"):
+        if self.path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
             self._json(404, {"error": {"message": "not found"}})
             return
         if behaviour.status != 200:
@@ -147,11 +152,24 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._json(behaviour.status, {"error": {"message": "fake failure"}})
             return
+        if self.path == "/v1/embeddings":
+            self._embeddings(body, behaviour)
+            return
         if behaviour.serial:
             with self.server.serial_lock:
                 self._stream(body, behaviour, t0)
         else:
             self._stream(body, behaviour, t0)
+
+    def _embeddings(self, body: dict[str, Any], behaviour: Behaviour) -> None:
+        if body.get("model") not in behaviour.embed_models:  # as vLLM answers for a chat model
+            self._json(400, {"error": {"message": "The model does not support Embeddings API"}})
+            return
+        time.sleep(behaviour.ttft)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [] if behaviour.empty else [{"index": i, "embedding": [0.5, -0.5, 0.25]} for i in range(len(inputs))]
+        tokens = sum(len(str(x).split()) + 2 for x in inputs)
+        self._json(200, {"object": "list", "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     def _stream(self, body: dict[str, Any], behaviour: Behaviour, t0: float) -> None:
         chat = self.path.endswith("chat/completions")

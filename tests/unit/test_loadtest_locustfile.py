@@ -103,6 +103,12 @@ def test_report_sample_uses_our_names_and_timing() -> None:
     (call,) = env.events.request.calls
     assert isinstance(call["exception"], locustfile.StreamError) and str(call["exception"]) == "HTTP 500"
     assert call["response_time"] == pytest.approx(20.0)
+    env = fake_env()
+    embedded = Sample(start=0, success=True, e2el=0.05, elapsed=0.05, kind="embed")
+    locustfile.report_sample(env, embedded, 99)
+    (call,) = env.events.request.calls  # no TTFT or TPOT for an embedding request
+    assert (call["request_type"], call["name"]) == ("POST", "embed e2el")
+    assert call["response_time"] == pytest.approx(50.0)
 
 
 def test_shape_delegates_to_the_controller(state: locustfile.ProcessState) -> None:

@@ -12,11 +12,20 @@ from loadtests.arrivals import ArrivalSchedule
 from loadtests.prompts import (
     CHAT_OVERHEAD,
     COMPLETION_OVERHEAD,
+    EMBEDDING_OVERHEAD,
     INSTRUCTION,
     PromptGenerator,
     load_words,
 )
-from loadtests.scenarios import SCENARIOS, build_request, pick_part
+from loadtests.scenarios import (
+    DEFAULT_EMBED_TOKENS,
+    EMBED_KIND,
+    SCENARIOS,
+    build_request,
+    has_chat,
+    has_embeddings,
+    pick_part,
+)
 
 
 def test_vocabulary_ships_with_the_repo() -> None:
@@ -62,9 +71,11 @@ def test_generator_needs_words() -> None:
         PromptGenerator(1, words=[])
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if n != "embeddings"))
 def test_requests_stream_with_usage(name: str) -> None:
-    spec = build_request(name, "m", PromptGenerator(1), key="0")
+    gen = PromptGenerator(1)
+    # rag draws an embedding or a chat request per key: take its first chat one
+    spec = next(s for s in (build_request(name, "m", gen, key=str(i)) for i in range(50)) if not s.part.embedding)
     body = spec.body
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
@@ -75,6 +86,34 @@ def test_requests_stream_with_usage(name: str) -> None:
         assert [m["role"] for m in body["messages"]] == ["system", "user"]
     else:
         assert spec.path == "/v1/completions" and isinstance(body["prompt"], str)
+
+
+def test_embedding_requests_go_to_the_embedding_model() -> None:
+    gen = PromptGenerator(1)
+    spec = build_request("embeddings", "m", gen, key="0", embed_model="e", embed_tokens=200)
+    assert spec.path == "/v1/embeddings" and spec.part.name == EMBED_KIND
+    assert spec.body.keys() == {"model", "input", "encoding_format"}  # not streamed, no max_tokens
+    assert spec.body["model"] == "e"
+    words = [
+        len(build_request("embeddings", "m", gen, key=str(i), embed_tokens=200).body["input"].split())
+        for i in range(200)
+    ]
+    # 200 tokens +-10 %, less [CLS] and [SEP]
+    assert min(words) == 180 - EMBEDDING_OVERHEAD and max(words) == 220 - EMBEDDING_OVERHEAD
+    default = build_request("embeddings", "m", gen, key="0")
+    assert default.body["model"] == "m"  # without an embedding model: the run's model
+    assert len(default.body["input"].split()) <= DEFAULT_EMBED_TOKENS * 1.1
+    assert has_embeddings("embeddings") and not has_chat("embeddings")
+    assert has_embeddings("rag") and has_chat("rag")
+    assert has_chat("mixed") and not has_embeddings("mixed")
+
+
+def test_rag_draws_embeddings_and_chat_one_to_one() -> None:
+    gen = PromptGenerator(5)
+    specs = [build_request("rag", "chat-m", gen, key=str(i), embed_model="embed-m") for i in range(1000)]
+    models = Counter((s.path, s.body["model"]) for s in specs)
+    assert set(models) == {("/v1/embeddings", "embed-m"), ("/v1/chat/completions", "chat-m")}
+    assert 0.42 < models[("/v1/embeddings", "embed-m")] / 1000 < 0.58
 
 
 def test_scenario_shapes() -> None:
