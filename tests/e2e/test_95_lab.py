@@ -443,9 +443,10 @@ def wait_for_change(lab: Lab, since: float, state: str, timeout: float) -> float
 
 
 def test_rolling_update_and_a_killed_worker_under_load(harness: Harness, lab: Lab, tmp_path: Path) -> None:
-    """One load run through the gateway: first kill -9 one server's engine worker (the
-    gateway routes around it until the server restarts by itself), then a rolling update
-    of both servers. No request that started after the health checker noticed fails."""
+    """One load run through the gateway, chat and embedding requests: first kill -9 one
+    server's engine workers (the gateway routes around it until the server restarts by
+    itself), then a rolling update of both servers, every model on each. No request of
+    either kind that started after the health checker noticed fails."""
     slo = tmp_path / "slo.yaml"
     slo.write_text(
         yaml.safe_dump(
@@ -481,8 +482,11 @@ def test_rolling_update_and_a_killed_worker_under_load(harness: Harness, lab: La
             "330s",
             "--warmup",
             "5s",
+            # chat turns and embeddings through one gateway URL, routed by model
             "--scenario",
-            "short",
+            "rag",
+            "--embed-model",
+            EMBED_MODEL,
             "--slo",
             str(slo),
             "--out",
@@ -538,6 +542,10 @@ def test_rolling_update_and_a_killed_worker_under_load(harness: Harness, lab: La
         f"the kill, {len(late)} after)"
     )
     assert not late, late[:3]  # this covers the rollout too, which started after the server came back
+    kinds = {s["kind"] for s in samples}
+    by_kind = {kind: sum(1 for s in samples if s["kind"] == kind and s["success"]) for kind in kinds}
+    record_figure(f"of them completed, by kind: {by_kind}")
+    assert len(by_kind) == 2 and all(by_kind.values()), by_kind  # chat turns and embeddings both went through
 
 
 def test_prometheus_sees_the_fleet_and_its_alerts_reach_the_webhook(lab: Lab, alerts: AlertReceiver) -> None:
