@@ -110,8 +110,30 @@ $(PROMTOOL):
 	@rm -rf $(TOOLS)/deb
 	@$@ --version | head -n 1
 
+# nginx, its njs module and njs's CLI, for the gateway's unit tests: Debian's packages,
+# downloaded and extracted into $(NGINX_ROOT)/ (usr/sbin/nginx, usr/bin/njs, ...),
+# never installed (CI must leave the machine without nginx); the stamp lists the versions
+NGINX_ROOT  := $(TOOLS)/nginx
+NGINX_STAMP := $(NGINX_ROOT)/.fetched
+NGINX_DEBS  := nginx nginx-common libnginx-mod-http-js njs
+
+$(NGINX_STAMP):
+	@echo "==> Fetching nginx, its njs module and njs's CLI (Debian's $(NGINX_DEBS)) into $(NGINX_ROOT)/"
+	@rm -rf $(NGINX_ROOT) $(TOOLS)/nginx-deb && mkdir -p $(TOOLS)/nginx-deb/root
+	@cd $(TOOLS)/nginx-deb && { apt-get download $(NGINX_DEBS) 2>/dev/null \
+	  || { apt-get update -qq && apt-get download $(NGINX_DEBS); }; }
+	@for deb in $(TOOLS)/nginx-deb/*.deb; do dpkg-deb -x $$deb $(TOOLS)/nginx-deb/root || exit 1; done
+	@missing=$$(ldd $(TOOLS)/nginx-deb/root/usr/sbin/nginx $(TOOLS)/nginx-deb/root/usr/bin/njs \
+	  $(TOOLS)/nginx-deb/root/usr/lib/nginx/modules/ngx_http_js_module.so | { grep 'not found' || true; } | sort -u); \
+	  if [ -n "$$missing" ]; then echo "make tools: libraries the extracted nginx/njs need are missing" \
+	  "(install them with apt-get): $$missing" >&2; exit 1; fi
+	@for deb in $(TOOLS)/nginx-deb/*.deb; do dpkg-deb -W --showformat='$${Package} $${Version}\n' $$deb; done \
+	  > $(TOOLS)/nginx-deb/root/.fetched
+	@mv $(TOOLS)/nginx-deb/root $(NGINX_ROOT) && rm -rf $(TOOLS)/nginx-deb
+	@cat $@
+
 .PHONY: tools
-tools: $(PROMTOOL) ## Fetch promtool into .cache/tools (from Debian's prometheus package, not installed)
+tools: $(PROMTOOL) $(NGINX_STAMP) ## Fetch promtool, nginx and njs into .cache/tools (Debian's packages, not installed)
 
 ALERTS_ARGS ?=
 .PHONY: alerts

@@ -1,7 +1,9 @@
 """The gateway's routing by model: the njs router alone (njs's CLI), then the role's
 nginx site for real (a private nginx on loopback, the role's templates rendered, the
-health checker's upstreams) in front of two fake servers. Skipped where nginx, its njs
-module or the njs CLI is not installed (Debian: nginx libnginx-mod-http-js njs)."""
+health checker's upstreams) in front of two fake servers. nginx, its njs module and
+njs's CLI come from `make tools` (Debian's packages extracted into .cache/tools/nginx,
+never installed), else from the system; without either the tests skip, or fail when
+the environment sets CI."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import requests
@@ -25,8 +27,9 @@ import requests
 from tests.conftest import REPO, load_script
 
 ROLE = REPO / "roles" / "llf_gateway"
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-JS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
+FETCHED = REPO / ".cache" / "tools" / "nginx"  # `make tools`
+JS_MODULE = Path("usr/lib/nginx/modules/ngx_http_js_module.so")
+MIME_TYPES = Path("etc/nginx/mime.types")
 gateway_health = load_script(ROLE / "files" / "llf_gateway_health.py")
 
 SERVERS_KEY = "servers-key-0123456789"
@@ -34,12 +37,34 @@ CLIENT_KEY = "client-key-0123456789"
 TINY_KEY = "tiny-key-0123456789ab"  # one request a minute
 
 
+# --- nginx and njs: `make tools`' extraction, else the system's -----------------------
+
+def missing(what: str) -> NoReturn:
+    message = (f"{what} not found: run `make tools` (extracts Debian's nginx, libnginx-mod-http-js and njs "
+               "into .cache/tools/nginx) or install those packages")
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def nginx_tree() -> tuple[str, Path]:
+    """nginx's binary and the root its njs module and mime.types are under: the
+    extracted packages' (one build: the module must match the binary), else the system's."""
+    if all((FETCHED / path).exists() for path in ("usr/sbin/nginx", JS_MODULE, MIME_TYPES)):
+        return str(FETCHED / "usr" / "sbin" / "nginx"), FETCHED
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not all(Path(path).exists() for path in (nginx, "/" / JS_MODULE, "/" / MIME_TYPES)):
+        missing("nginx, its njs module or mime.types")
+    return nginx, Path("/")
+
+
 # --- the router's decisions (njs CLI) -------------------------------------------------
 
 def njs_choose(cases: list[tuple[str, str | None, list[str]]]) -> list[dict[str, Any]]:
-    njs = shutil.which("njs")
+    fetched = FETCHED / "usr" / "bin" / "njs"
+    njs = str(fetched) if fetched.exists() else shutil.which("njs")
     if njs is None:
-        pytest.skip("njs's CLI is not installed (Debian package njs)")
+        missing("njs's CLI")
     script = (
         "import route from 'llf_gateway_route.js';\n"
         f"const cases = {json.dumps(cases)};\n"
@@ -115,8 +140,7 @@ def free_port() -> int:
 def start_gateway(prefix: Path, backends: list[dict[str, Any]], clients: list[dict[str, Any]],
                   extra: dict[str, Any] | None = None) -> tuple[subprocess.Popen[bytes], Gateway]:
     """A private nginx on loopback with the role's site; the caller stops it."""
-    if not (Path(NGINX).exists() and JS_MODULE.exists()):
-        pytest.skip("nginx and its njs module are not installed (Debian: nginx libnginx-mod-http-js)")
+    nginx_binary, root = nginx_tree()
     for sub in ("conf", "state", "tls", "logs", "tmp"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     prefix.chmod(0o755)
@@ -144,12 +168,12 @@ def start_gateway(prefix: Path, backends: list[dict[str, Any]], clients: list[di
     temp = "".join(f"{kind}_temp_path {prefix}/tmp/{kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     (prefix / "conf" / "nginx.conf").write_text(
-        f"load_module {JS_MODULE};\n{user}worker_processes 1;\npid {prefix}/nginx.pid;\n"
+        f"load_module {root / JS_MODULE};\n{user}worker_processes 1;\npid {prefix}/nginx.pid;\n"
         f"error_log {prefix}/logs/error.log info;\nevents {{ worker_connections 256; }}\n"
-        f"http {{\n include /etc/nginx/mime.types;\n access_log off;\n{temp}"
+        f"http {{\n include {root / MIME_TYPES};\n access_log off;\n{temp}"
         f" include {prefix}/conf/llf-gateway-keys.conf;\n include {prefix}/conf/llf-gateway.conf;\n}}\n"
     )
-    command = [NGINX, "-p", str(prefix), "-c", str(prefix / "conf" / "nginx.conf"), "-g", "daemon off;"]
+    command = [nginx_binary, "-p", str(prefix), "-c", str(prefix / "conf" / "nginx.conf"), "-g", "daemon off;"]
     check = subprocess.run([*command[:-2], "-t", "-q"], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stderr
     nginx = subprocess.Popen(command, stderr=subprocess.PIPE)
