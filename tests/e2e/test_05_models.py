@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import record_figure
+from tests.conftest import REPO, record_figure
 from tests.e2e.conftest import EMBED_MODEL, INSTALL_MODELS, MODEL, Deployment, Harness, recap
 from tests.e2e.embeddings import check_embeddings
 
@@ -71,6 +71,28 @@ def test_embeddings_agree_with_sentence_transformers(deployment: Deployment, emb
                                f"/var/lib/llf/models/{EMBED_MODEL}/model", dimensions=384)
     record_figure(f"embeddings: {figures.dimensions} dims, max deviation from sentence-transformers "
                   f"{figures.max_deviation:.2e}, similar {figures.similar:.3f} vs unrelated {figures.unrelated:.3f}")
+
+
+def test_the_client_lists_embeds_and_smokes_every_model(deployment: Deployment, harness: Harness) -> None:
+    """llf-client reads the deploy's per-model entries: models with their kind and context,
+    embed on the embedding model (similar texts closer), smoke of every model."""
+
+    def client(*args: str) -> dict:
+        proc = subprocess.run([str(REPO / "llf_venv" / "bin" / "llf-client"), *args, "--json"], env=harness.env,
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return json.loads(proc.stdout)
+
+    rows = [row for endpoint in client("models")["endpoints"] for row in endpoint["models"]]
+    kinds = {row["id"]: (row["kind"], row["max_model_len"]) for row in rows}
+    assert kinds == {MODEL: ("chat", 4096), EMBED_MODEL: ("embedding", 256)}, rows
+    result = client("embed", "a cat sat on the mat", "a kitten sat on the rug", "quarterly tax report")
+    assert result["model"] == EMBED_MODEL
+    assert [item["dimensions"] for item in result["embeddings"]] == [384, 384, 384]
+    similar, unrelated = result["similarity"][0][1], result["similarity"][0][2]
+    assert similar > unrelated, result["similarity"]
+    smoke = json.dumps(client("smoke"))
+    assert EMBED_MODEL in smoke and MODEL in smoke
 
 
 def test_a_model_taken_off_the_list_stops_alone_and_comes_back_alone(

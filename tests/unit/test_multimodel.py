@@ -136,3 +136,12 @@ def test_memory_limit_settings() -> None:
     assert instances.memory_max("12G", {"memory_gb": 5}, 2, "vllm-cpu") == "12G"
     assert instances.memory_max("auto", {"memory_gb": 5}, 4, "vllm-cpu") == "8.8G"  # (5 + 2) * 1.25
     assert instances.memory_max("auto", {"memory_gb": 5}, 4, "vllm") == "6.3G"
+
+
+def test_gpu_memory_is_shared_in_proportion_to_the_models_needs() -> None:
+    models = [dict(MODELS[0], gpu_memory_gb=8), dict(MODELS[1], gpu_memory_gb=2)]
+    main, embed = instances.llf_server_instances(models, _settings(engine="vllm", gpu_memory_utilization=0.9))[
+        "instances"]
+    assert (main["gpu_memory_utilization"], embed["gpu_memory_utilization"]) == (0.72, 0.18)
+    (alone,) = instances.llf_server_instances(models[:1], _settings(gpu_memory_utilization=0.8))["instances"]
+    assert alone["gpu_memory_utilization"] == 0.8

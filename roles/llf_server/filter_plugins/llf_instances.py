@@ -53,6 +53,10 @@ def llf_server_instances(models: list[dict[str, Any]], settings: dict[str, Any])
         errors.append(f"{len(models)} models need at least {len(models)} cores to bind each to its own, and this "
                       f"host has {cores}: serve fewer models here or set llf_server_model_cpus")
     shares = split_cores(cores, len(models)) if bind == "all" and len(models) <= cores else []
+    # GPU hosts: the fraction of GPU memory vLLM may use is shared in proportion to the
+    # models' catalog gpu_memory_gb (all of it with one model)
+    gpu_total = sum(float(m.get("gpu_memory_gb", 1)) for m in models) or 1.0
+    utilization = float(settings.get("gpu_memory_utilization", 0.9))
     instances = []
     for index, model in enumerate(models):
         name = model["name"]
@@ -87,6 +91,8 @@ def llf_server_instances(models: list[dict[str, Any]], settings: dict[str, Any])
             "cpus": cpus,
             "kv_cache_gb": int(kv_cache) if kv_cache == int(kv_cache) else kv_cache,
             "memory_max": memory_max(settings["memory_max"], model, kv_cache, settings["engine"]),
+            "gpu_memory_utilization": round(utilization * float(model.get("gpu_memory_gb", 1)) / gpu_total, 3)
+            if len(models) > 1 else utilization,
             "local_url": f"http://{host}:{port}",
             "url": settings["main_url"] if main else f"http://{settings['public_host']}:{port}/v1",
             "max_model_len": args.get("max-model-len", args.get("max_model_len")),
