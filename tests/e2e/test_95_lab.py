@@ -291,6 +291,36 @@ def test_gateway_routes_each_request_by_its_model(harness: Harness, lab: Lab) ->
     assert "no-such-model" in str(refused.value)
     record_figure(f"gateway routing by model: {grown['chat']:.0f} chat requests reached the chat servers, "
                   f"{grown['embed']:.0f} embedding requests the embedding servers")
+    # what the gateway (TLS, key check, routing by model) adds: streamed TTFT at c=1, through it and direct
+    direct = openai.OpenAI(base_url=f"http://{sorted(lab.servers.values())[0]}:8000/v1", api_key=lab.key,
+                           max_retries=0)
+    ttft = {"gateway": [], "direct": []}
+    for _ in range(8):
+        for name, via in (("gateway", client), ("direct", direct)):
+            started = time.monotonic()
+            stream = via.chat.completions.create(model=MODEL, max_tokens=4, temperature=0, stream=True,
+                                                 messages=[{"role": "user", "content": "Say hello."}])
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    ttft[name].append(time.monotonic() - started)
+                    break
+            stream.close()
+    medians = {name: sorted(values)[len(values) // 2] * 1000 for name, values in ttft.items()}
+    assert all(len(values) == 8 for values in ttft.values()), ttft
+    added = medians["gateway"] - medians["direct"]
+    record_figure(f"TTFT at c=1, median of 8: through the gateway {medians['gateway']:.0f} ms, "
+                  f"direct {medians['direct']:.0f} ms (the gateway adds {added:.0f} ms)")
+
+
+def test_make_loadtest_embeddings_passes_through_the_gateway(harness: Harness, lab: Lab) -> None:
+    """As a user types it: the endpoints file's embedding entry at the gateway (its CA, its
+    key), the default SLO file, no extra environment variables."""
+    result = harness.make("loadtest", "SCENARIO=embeddings", "USERS=2", "DURATION=15s", timeout=600)
+    assert result.returncode == 0, result.output[-4000:]
+    assert EMBED_MODEL in result.output and lab.gateway_url in result.output, result.output[-4000:]
+    rate = re.search(r"([0-9.]+) req/s", result.output)
+    record_figure(f"make loadtest SCENARIO=embeddings through the gateway, 2 users: "
+                  f"{rate.group(1) if rate else '?'} req/s, {result.seconds:.0f} s in all")
 
 
 def test_gateway_allows_only_the_inference_paths_with_the_key(harness: Harness, lab: Lab) -> None:
