@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 import requests
@@ -270,7 +269,7 @@ def test_gateway_routes_each_request_by_its_model(harness: Harness, lab: Lab) ->
     embeddings to the embedding model's (counted on the servers' own metrics), an
     unknown model refused by the gateway itself."""
     client = openai.OpenAI(base_url=f"{lab.gateway_url}/v1", api_key=lab.client_key,
-                           http_client=httpx.Client(verify=lab.ca(harness)), max_retries=0)
+                           http_client=openai.DefaultHttpxClient(verify=lab.ca(harness)), max_retries=0)
     listed = {model.id for model in client.models.list().data}
     assert listed == {MODEL, EMBED_MODEL}, listed
     ports = {"chat": 8000, "embed": 8005}
