@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.conftest import REPO
 from tests.e2e.conftest import Harness
 
 pytestmark = pytest.mark.e2e
@@ -70,3 +72,22 @@ def test_engine_arguments_llf_owns_are_refused(harness: Harness) -> None:
 def test_environment_names_a_shell_cannot_take_are_refused(harness: Harness) -> None:
     output = refused(harness, "MODEL=smollm2-135m-instruct", "ARGS=-e '{\"llf_server_extra_env\": {\"A|B\": \"1\"}}'")
     assert "llf_server_extra_env on local has names that are not environment variable names (A|B)" in output
+
+
+def test_models_that_do_not_fit_together_are_refused_naming_the_one(harness: Harness, tmp_path: Path) -> None:
+    """Each fits alone; together they do not: the fit adds up before anything is downloaded."""
+    catalog = yaml.safe_load((REPO / "models.yml").read_text(encoding="utf-8"))
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20  # GiB
+    for name in ("smollm2-135m-instruct", "all-minilm-l6-v2"):
+        catalog["models"][name]["memory_gb"] = round(memory * 0.6, 1)
+    path = tmp_path / "models.yml"
+    path.write_text(yaml.safe_dump(catalog), encoding="utf-8")
+    output = refused(harness, "MODELS=smollm2-135m-instruct,all-minilm-l6-v2", f"ARGS=-e llf_model_catalog_file={path}")
+    assert "The models of local (smollm2-135m-instruct, all-minilm-l6-v2) do not fit" in output, output[-3000:]
+    assert "all-minilm-l6-v2 does not fit beside smollm2-135m-instruct: together they need" in output
+    nothing_downloaded("all-minilm-l6-v2")
+
+
+def test_a_list_naming_an_unknown_model_is_refused(harness: Harness) -> None:
+    output = refused(harness, "MODELS=smollm2-135m-instruct,no-such-embedder")
+    assert "not in" in output and "no-such-embedder" in output and "each once" in output
