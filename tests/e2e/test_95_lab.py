@@ -388,15 +388,21 @@ def lab_server_answers(address: str, key: str) -> bool:
     return server_answers(f"http://{address}:8000/v1", key)
 
 
+CHAT_PROCESS = (
+    "main=$(systemctl show -P MainPID llf-vllm); todo=$main; all=; "
+    'while [ -n "$todo" ]; do next=; for p in $todo; do all="$all $p"; next="$next $(pgrep -P $p)"; done; '
+    "todo=$(echo $next); done; "
+    "for p in $all; do tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null | grep -qE 'PATTERN' && echo $p; done | head -1"
+)
+
+
 def test_systemd_brings_back_each_killed_vllm_process(lab: Lab) -> None:
     name, address = sorted(lab.servers.items())[0]
     assert lab_server_answers(address, lab.key)
     for process, pattern in VLLM_PROCESSES.items():
-        # the chat model's process (llf-vllm's cgroup; the embedding model's server runs the same ones)
-        pid = lab.run(name, "cg=$(systemctl show -P ControlGroup llf-vllm); "
-                            "for p in $(cat /sys/fs/cgroup$cg/cgroup.procs); do "
-                            f"tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null | grep -qE '{pattern}' && echo $p; "
-                            "done | head -1").stdout.strip()
+        # the chat model's process: llf-vllm's main process or one below it (the embedding
+        # model's server runs the same ones)
+        pid = lab.run(name, CHAT_PROCESS.replace("PATTERN", pattern)).stdout.strip()
         assert pid, f"no {process} on {name}"
         assert lab.run(name, f"kill -9 {pid}").returncode == 0
         killed = time.monotonic()
