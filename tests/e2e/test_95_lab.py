@@ -491,6 +491,8 @@ def test_rolling_update_and_a_killed_worker_under_load(harness: Harness, lab: La
                 # requests the killed server took before the health checker noticed may fail
                 # (fast, so possibly many): the test counts them from the raw samples below
                 "targets": ["error_rate <= 100 %"],
+                # the rag load's embedding requests, counted the same way
+                "embeddings": {"targets": ["error_rate <= 100 %"]},
                 "validity": {
                     "client_cpu_percent": 100,
                     "schedule_lag_ms": 100000,
