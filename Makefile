@@ -154,14 +154,21 @@ unit: venv tools ## Unit tests only (no server)
 	$(VENV)/bin/pytest -m "not e2e" tests/unit
 
 .PHONY: molecule
-molecule: venv ## Molecule scenarios of the roles on real systemd test hosts (ROLE=llf_server for one; KEEP=1 keeps the hosts)
+molecule: venv ## Molecule scenarios of the roles on real systemd test hosts (ROLE=llf_server for one; KEEP=1 keeps the hosts; STEPS='converge verify' runs only those)
 	@case " $(MOLECULE_SCENARIOS) " in *" $(or $(ROLE),llf_host) "*) ;; \
 	  *) echo "make molecule: ROLE must be one of: $(MOLECULE_SCENARIOS) (got '$(ROLE)')" >&2; exit 2;; esac; \
 	export PATH="$(abspath $(VENV))/bin:$$PATH"; rc=0; \
 	for scenario in $(or $(ROLE),$(MOLECULE_SCENARIOS)); do \
 	  start=$$(date +%s); \
 	  molecule reset --scenario-name $$scenario >/dev/null 2>&1 || true; \
-	  molecule test --scenario-name $$scenario --destroy never || { rc=$$?; echo "==> molecule: $$scenario failed" >&2; break; }; \
+	  if [ -n "$(STEPS)" ]; then \
+	    for step in $(STEPS); do \
+	      molecule $$step --scenario-name $$scenario || { rc=$$?; break; }; \
+	    done; \
+	    [ $$rc = 0 ] || { echo "==> molecule: $$scenario failed" >&2; break; }; \
+	  else \
+	    molecule test --scenario-name $$scenario --destroy never || { rc=$$?; echo "==> molecule: $$scenario failed" >&2; break; }; \
+	  fi; \
 	  echo "==> molecule: $$scenario passed in $$(( $$(date +%s) - start )) s"; \
 	done; \
 	if [ "$(KEEP)" != 1 ]; then $(MAKE) --no-print-directory testhosts-down; fi; \

@@ -24,9 +24,17 @@ import yaml
 from tests.conftest import REPO, Server, record_figure
 
 MODEL = "smollm2-135m-instruct"
-# the local deploy serves the embedding model beside it (issue 11: several models per host)
+# the local deploy serves the chat model alone on every core; tests/e2e/test_05_models.py
+# adds the embedding model beside it (issue 11: several models per host) on the last core,
+# naming the chat model's cores so that it keeps them (a model whose share of the cores
+# changes restarts), and tests/e2e/test_85_model_removal.py takes it off the list again
 EMBED_MODEL = "all-minilm-l6-v2"
-INSTALL_MODELS = f"MODELS={MODEL},{EMBED_MODEL}"
+_CORES = os.cpu_count() or 1
+TWO_MODELS = (
+    f"MODELS={MODEL},{EMBED_MODEL}",
+    "ARGS=-e '" + json.dumps({"llf_server_model_cpus": {MODEL: f"0-{_CORES - 1}" if _CORES > 1 else "0",
+                                                       EMBED_MODEL: str(_CORES - 1)}}) + "'",
+)
 
 # the processes of one vLLM server, as the kernel names them (vLLM sets the titles)
 VLLM_PROCESSES = {
@@ -186,7 +194,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory, local_alerts: AlertReceive
 
 @pytest.fixture(scope="session")
 def deployment(harness: Harness) -> Deployment:
-    result = harness.make("install", INSTALL_MODELS)
+    result = harness.make("install", f"MODEL={MODEL}")
     assert result.returncode == 0, f"make install failed:\n{result.output[-6000:]}"
     record_figure(f"fresh make install: {result.seconds:.1f} s")
     endpoints = yaml.safe_load(harness.endpoints_file.read_text(encoding="utf-8"))["endpoints"]

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.conftest import record_figure
-from tests.e2e.conftest import INSTALL_MODELS, MODEL, Deployment, Harness, recap
+from tests.e2e.conftest import MODEL, Deployment, Harness, recap
 
 pytestmark = pytest.mark.e2e
 
@@ -86,7 +86,7 @@ def test_model_is_pinned_and_locked(deployment: Deployment) -> None:
 
 
 def test_second_run_changes_nothing(deployment: Deployment, harness: Harness) -> None:
-    result = harness.make("install", INSTALL_MODELS)
+    result = harness.make("install", f"MODEL={MODEL}")
     assert result.returncode == 0, result.output[-4000:]
     counters = recap(result.output)
     assert counters["changed"] == 0, result.output[-6000:]
@@ -103,7 +103,7 @@ def test_corrupted_model_file_fails_verification_naming_the_file(
     try:
         with target.open("a", encoding="utf-8") as handle:
             handle.write(" ")
-        result = harness.make("install", INSTALL_MODELS, timeout=600)
+        result = harness.make("install", f"MODEL={MODEL}", timeout=600)
         assert result.returncode != 0
         assert f"model file {target} does not match its sha256" in result.output
         assert "delete /var/lib/llf/models/smollm2-135m-instruct to stage the model again" in result.output

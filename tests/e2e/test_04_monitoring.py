@@ -45,8 +45,7 @@ def query(expr: str) -> list[dict]:
 def test_prometheus_scrapes_the_server_and_this_host(monitored: Deployment) -> None:
     targets = requests.get(f"{PROMETHEUS}/targets", params={"state": "active"}, timeout=30).json()["data"]
     up = sorted((t["labels"]["job"], t["labels"]["server"], t["health"]) for t in targets["activeTargets"])
-    # one vllm target per model: the chat model and the embedding model
-    assert up == [("node", "local", "up"), ("vllm", "local", "up"), ("vllm", "local", "up")], up
+    assert up == [("node", "local", "up"), ("vllm", "local", "up")], up
     # one request, seen by Prometheus as vLLM counts it
     before = sum(float(s["value"][1]) for s in query('vllm:request_success_total{job="vllm"}'))
     send_completion(monitored)

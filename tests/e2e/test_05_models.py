@@ -1,8 +1,8 @@
-"""Several models on this machine: the one local deploy serves the chat model and the
-embedding model, each as its own supervised vLLM server on its own port and core.
-Taking a model off the list stops and removes only its server (its staged files stay);
-putting it back starts it without restarting the other. (A model whose share of the
-cores changes restarts: the removal keeps the chat model on its core by naming it.)"""
+"""Several models on this machine: `make install MODELS=chat,embedding` adds the
+embedding model beside the chat model the session deployed, as its own supervised vLLM
+server on its own port and core, without restarting the chat model (its cores are named,
+so its share does not change). tests/e2e/test_85_model_removal.py takes it off again,
+after the client and load tests have used both."""
 
 from __future__ import annotations
 
@@ -15,46 +15,39 @@ import pytest
 import requests
 
 from tests.conftest import REPO, record_figure
-from tests.e2e.conftest import EMBED_MODEL, INSTALL_MODELS, MODEL, Deployment, Harness, recap
+from tests.e2e.conftest import EMBED_MODEL, MODEL, TWO_MODELS, Deployment, Harness, recap
 from tests.e2e.embeddings import check_embeddings
+from tests.e2e.models import EMBED_SERVICE, embed, env_value, program_pid
+from tests.e2e.models import embed_url as read_embed_url
 
 pytestmark = pytest.mark.e2e
 
-SUPERVISORCTL = ["/opt/llf/supervisor/bin/supervisorctl", "-c", "/etc/llf/supervisord.conf"]
-EMBED_SERVICE = f"llf-vllm-{EMBED_MODEL}"
-EMBED_FILES = [Path(f"/etc/llf/vllm-{EMBED_MODEL}.yaml"), Path(f"/etc/llf/vllm-{EMBED_MODEL}.env"),
-               Path(f"/opt/llf/bin/{EMBED_SERVICE}")]
-
-
-def program_pid(name: str) -> int | None:
-    status = subprocess.run([*SUPERVISORCTL, "status", name], capture_output=True, text=True, check=False).stdout
-    return int(status.split("pid ")[1].split(",")[0]) if "RUNNING" in status else None
-
-
-def env_value(path: Path, name: str) -> str:
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith(name + "=")]
-    return lines[0].split("=", 1)[1].strip("'") if lines else ""
-
-
-def embed(url: str, key: str | None, texts: list[str]) -> requests.Response:
-    return requests.post(f"{url}/embeddings", json={"model": EMBED_MODEL, "input": texts},
-                         headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=60)
-
 
 @pytest.fixture(scope="module")
-def embed_url(deployment: Deployment) -> str:
-    config = Path(f"/etc/llf/vllm-{EMBED_MODEL}.yaml").read_text(encoding="utf-8")
-    port = [line.split(":")[1].strip() for line in config.splitlines() if line.startswith("port:")][0]
-    return f"http://127.0.0.1:{port}/v1"
+def embed_url(deployment: Deployment, harness: Harness) -> str:
+    """The embedding model added to the running deploy; its URL."""
+    chat_pid = program_pid("llf-vllm")
+    assert chat_pid, "the session's chat model is not running"
+    started = time.monotonic()
+    added = harness.make("install", *TWO_MODELS, timeout=900)
+    assert added.returncode == 0, added.output[-4000:]
+    assert recap(added.output)["failed"] == 0
+    url = read_embed_url()
+    assert embed(url, deployment.server.api_key, ["x"]).status_code == 200
+    # adding a model does not restart the others
+    assert program_pid("llf-vllm") == chat_pid
+    record_figure(f"make install adding the embedding model, until it answers: {time.monotonic() - started:.1f} s")
+    return url
 
 
 def test_each_model_is_its_own_server_on_its_own_port_and_core(deployment: Deployment, embed_url: str) -> None:
     assert program_pid("llf-vllm") and program_pid(EMBED_SERVICE)
     assert embed_url != deployment.server.base_url
-    # a share of the two cores each, not both on core 0
-    binds = {env_value(Path("/etc/llf/vllm.env"), "VLLM_CPU_OMP_THREADS_BIND"),
-             env_value(Path(f"/etc/llf/vllm-{EMBED_MODEL}.env"), "VLLM_CPU_OMP_THREADS_BIND")}
-    assert binds == {"0", "1"}, binds
+    # each engine bound to the cores named for it (the chat model keeps all of them)
+    cores = json.loads(TWO_MODELS[1].split("-e ", 1)[1].strip("'"))["llf_server_model_cpus"]
+    binds = {MODEL: env_value(Path("/etc/llf/vllm.env"), "VLLM_CPU_OMP_THREADS_BIND"),
+             EMBED_MODEL: env_value(Path(f"/etc/llf/vllm-{EMBED_MODEL}.env"), "VLLM_CPU_OMP_THREADS_BIND")}
+    assert binds == cores, binds
     key = deployment.server.api_key
     listed = requests.get(f"{embed_url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
     assert [model["id"] for model in listed["data"]] == [EMBED_MODEL]
@@ -93,31 +86,3 @@ def test_the_client_lists_embeds_and_smokes_every_model(deployment: Deployment, 
     assert similar > unrelated, result["similarity"]
     smoke = json.dumps(client("smoke"))
     assert EMBED_MODEL in smoke and MODEL in smoke
-
-
-def test_a_model_taken_off_the_list_stops_alone_and_comes_back_alone(
-    deployment: Deployment, harness: Harness, embed_url: str
-) -> None:
-    chat_pid = program_pid("llf-vllm")
-    # alone, the chat model would get both cores back (a restart): it keeps core 0
-    keep_core = "ARGS=-e '" + json.dumps({"llf_server_model_cpus": {MODEL: "0"}}) + "'"
-    removed = harness.make("install", f"MODELS={MODEL}", keep_core, timeout=900)
-    assert removed.returncode == 0, removed.output[-4000:]
-    assert program_pid(EMBED_SERVICE) is None
-    assert EMBED_SERVICE not in subprocess.run([*SUPERVISORCTL, "status"], capture_output=True, text=True,
-                                               check=False).stdout
-    assert [path for path in EMBED_FILES if path.exists()] == []
-    with pytest.raises(requests.ConnectionError):
-        embed(embed_url, deployment.server.api_key, ["x"])
-    # the staged model stays (deleted only by make uninstall PURGE=1), the chat server was not restarted
-    assert Path(f"/var/lib/llf/models/{EMBED_MODEL}/llf-lock.json").is_file()
-    assert program_pid("llf-vllm") == chat_pid
-    record_figure(f"make install taking the embedding model off the list: {removed.seconds:.1f} s")
-
-    started = time.monotonic()
-    added = harness.make("install", INSTALL_MODELS, timeout=900)
-    assert added.returncode == 0, added.output[-4000:]
-    assert embed(embed_url, deployment.server.api_key, ["x"]).status_code == 200
-    assert program_pid("llf-vllm") == chat_pid
-    assert recap(added.output)["failed"] == 0
-    record_figure(f"make install putting it back, until it answers: {time.monotonic() - started:.1f} s")

@@ -454,6 +454,51 @@ def test_gateway_health_checker_runs_unprivileged_in_a_sandbox(lab: Lab) -> None
     assert up == dict.fromkeys(lab.servers, 1.0), seen
 
 
+# --- Molecule: each role's scenario on the deployed lab ----------------------------------
+
+# the order the roles stand on each other, as `make molecule` runs them
+SCENARIOS = re.search(r"^MOLECULE_SCENARIOS := (.+)$", (REPO / "Makefile").read_text(), re.MULTILINE)[1].split()
+ANSI = re.compile(r"\x1b\[[0-9;]*m|\x1b\]8;;[^\x1b]*\x1b\\")  # colours; hyperlinks (ESC ] 8 ;; url ESC \)
+
+
+def test_every_molecule_scenario_runs() -> None:
+    """A scenario added under molecule/ but missing from the Makefile would never run."""
+    found = {path.parent.name for path in (REPO / "molecule").glob("*/molecule.yml")}
+    assert sorted(SCENARIOS) == sorted(found)
+
+
+def molecule_actions(text: str, scenario: str) -> dict[str, str]:
+    """Molecule's closing DETAILS (colours removed): action -> outcome, for one scenario."""
+    # "llf_host ➜ verify: Executed: Successful", with ">" for the arrow when not on a terminal
+    found = re.findall(rf"^{scenario} (?:➜|>) (\w+): Executed: (\w+)", text, flags=re.MULTILINE)
+    return dict(found)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario_on_the_lab(harness: Harness, lab: Lab, scenario: str) -> None:
+    """Each role's scenario on the lab as the deploy playbook left it (before the rolling
+    update and the gateway's client changes alter its settings): the scenario's converge
+    (the roles it stands on, then its own) must change nothing there, which is Molecule's
+    idempotence check against the playbook's own run; then its verify."""
+    # the scenarios' create step boots as many hosts as the lab has (a no-op: they are up)
+    harness.env["LLF_MOLECULE_HOSTS"] = str(len(lab.servers) + 1)
+    try:
+        result = harness.make("molecule", f"ROLE={scenario}", "KEEP=1", "STEPS=converge verify", timeout=3600)
+    finally:
+        del harness.env["LLF_MOLECULE_HOSTS"]
+    text = ANSI.sub("", result.output)
+    assert result.returncode == 0, text[-10000:]
+    outcome = molecule_actions(text, scenario)
+    for action in ("converge", "verify"):
+        assert outcome.get(action) == "Successful", (action, outcome)
+    # it ran on the hosts (a play with no hosts would have "succeeded" too), and converge changed nothing
+    converge = text.split(f"{scenario} ➜ verify", 1)[0] if f"{scenario} ➜ verify" in text else text.split("verify.yml", 1)[0]
+    recaps = re.findall(r"^\W*(llf-th\d+)\s+: ok=(\d+)\s+changed=(\d+)", converge, re.MULTILINE)
+    assert recaps and all(int(ok) > 0 for _, ok, _ in recaps), recaps
+    assert all(changed == "0" for _, _, changed in recaps), (recaps, converge[-6000:])
+    record_figure(f"molecule {scenario} on the deployed lab (converge changing nothing, verify): {result.seconds:.1f} s")
+
+
 def gateway_changes(lab: Lab, since: float) -> list[tuple[float, str]]:
     """The health checker's upstream changes since a time: (unix time, 'a=down, b=up')."""
     journal = lab.run(
@@ -658,45 +703,6 @@ def test_gateway_revokes_a_client_and_limits_another_without_restarting_servers(
         assert name in log
     for key in (tiny_key, lab.client_key, lab.key, lab.controller_key(harness)):
         assert key not in log
-
-
-# --- Molecule: each role's scenario on the deployed lab ----------------------------------
-
-# the order the roles stand on each other, as `make molecule` runs them
-SCENARIOS = re.search(r"^MOLECULE_SCENARIOS := (.+)$", (REPO / "Makefile").read_text(), re.MULTILINE)[1].split()
-ANSI = re.compile(r"\x1b\[[0-9;]*m|\x1b\]8;;[^\x1b]*\x1b\\")  # colours; hyperlinks (ESC ] 8 ;; url ESC \)
-
-
-def test_every_molecule_scenario_runs() -> None:
-    """A scenario added under molecule/ but missing from the Makefile would never run."""
-    found = {path.parent.name for path in (REPO / "molecule").glob("*/molecule.yml")}
-    assert sorted(SCENARIOS) == sorted(found)
-
-
-def molecule_actions(text: str, scenario: str) -> dict[str, str]:
-    """Molecule's closing DETAILS (colours removed): action -> outcome, for one scenario."""
-    # "llf_host ➜ verify: Executed: Successful", with ">" for the arrow when not on a terminal
-    found = re.findall(rf"^{scenario} (?:➜|>) (\w+): Executed: (\w+)", text, flags=re.MULTILINE)
-    return dict(found)
-
-
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule_scenario_on_the_lab(harness: Harness, lab: Lab, scenario: str) -> None:
-    # the scenarios' create step boots as many hosts as the lab has (a no-op: they are up)
-    harness.env["LLF_MOLECULE_HOSTS"] = str(len(lab.servers) + 1)
-    try:
-        result = harness.make("molecule", f"ROLE={scenario}", "KEEP=1", timeout=3600)
-    finally:
-        del harness.env["LLF_MOLECULE_HOSTS"]
-    text = ANSI.sub("", result.output)
-    assert result.returncode == 0, text[-10000:]
-    outcome = molecule_actions(text, scenario)
-    for action in ("syntax", "create", "converge", "idempotence", "verify"):
-        assert outcome.get(action) == "Successful", (action, outcome)
-    # it ran on the hosts: a play with no hosts would have "succeeded" too
-    recaps = re.findall(r"^\W*(llf-th\d+)\s+: ok=(\d+)\s+changed=(\d+)", text, re.MULTILINE)
-    assert recaps and all(int(ok) > 0 for _, ok, _ in recaps), recaps
-    record_figure(f"molecule {scenario} on the lab (converge, idempotence, verify): {result.seconds:.1f} s")
 
 
 def test_uninstall_leaves_the_hosts_clean(harness: Harness, lab: Lab) -> None:
