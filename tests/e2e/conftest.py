@@ -24,7 +24,7 @@ import yaml
 from tests.conftest import REPO, Server, record_figure
 
 MODEL = "smollm2-135m-instruct"
-# the local deploy serves the chat model alone on every core; tests/e2e/test_05_models.py
+# the local deploy serves the chat model alone on every core; tests/e2e/test_15_models.py
 # adds the embedding model beside it (issue 11: several models per host) on the last core,
 # naming the chat model's cores so that it keeps them (a model whose share of the cores
 # changes restarts), and tests/e2e/test_85_model_removal.py takes it off the list again

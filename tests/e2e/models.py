@@ -1,4 +1,4 @@
-"""What tests/e2e/test_05_models.py and test_85_model_removal.py look at: the local
+"""What tests/e2e/test_15_models.py and test_85_model_removal.py look at: the local
 deploy's supervised vLLM programs, one per model, and the embedding model's server."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Taking a model off the list: `make install` with the chat model alone after
-tests/e2e/test_05_models.py added the embedding model. Its server stops and its files
+tests/e2e/test_15_models.py added the embedding model. Its server stops and its files
 and supervisor program go; its staged model stays (only `make uninstall PURGE=1`
 deletes it); the chat model, which keeps its cores, is not restarted; the endpoints
 file no longer lists it."""
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 def test_a_model_taken_off_the_list_stops_alone(deployment: Deployment, harness: Harness) -> None:
     if not EMBED_CONFIG.exists():
-        pytest.fail("the embedding model is not deployed: tests/e2e/test_05_models.py adds it")
+        pytest.fail("the embedding model is not deployed: tests/e2e/test_15_models.py adds it")
     url = embed_url()
     chat_pid = program_pid("llf-vllm")
     assert chat_pid and program_pid(EMBED_SERVICE)
