@@ -2,8 +2,8 @@
 embedding model beside the chat model the session deployed, as its own supervised vLLM
 server on its own port and core, without restarting the chat model (its cores are named,
 so its share does not change). It runs after the client and `top` tests, which judge the
-chat model's latency alone (an engine sharing a core with the chat model's threads slows
-it down); the load tests then run with both, and tests/e2e/test_85_model_removal.py takes
+chat model's latency with the machine to itself (with the embedding server sharing a
+core with the chat model's threads, they failed); the load tests then run with both, and tests/e2e/test_85_model_removal.py takes
 the embedding model off again."""
 
 from __future__ import annotations
