@@ -30,11 +30,10 @@ MODEL = "smollm2-135m-instruct"
 # changes restarts), and tests/e2e/test_85_model_removal.py takes it off the list again
 EMBED_MODEL = "all-minilm-l6-v2"
 _CORES = os.cpu_count() or 1
-TWO_MODELS = (
-    f"MODELS={MODEL},{EMBED_MODEL}",
-    "ARGS=-e '" + json.dumps({"llf_server_model_cpus": {MODEL: f"0-{_CORES - 1}" if _CORES > 1 else "0",
-                                                       EMBED_MODEL: str(_CORES - 1)}}) + "'",
-)
+MODEL_CPUS = {MODEL: f"0-{_CORES - 1}" if _CORES > 1 else "0", EMBED_MODEL: str(_CORES - 1)}
+TWO_MODELS = (f"MODELS={MODEL},{EMBED_MODEL}", "ARGS=-e '" + json.dumps({"llf_server_model_cpus": MODEL_CPUS}) + "'")
+# LLF's supervisord, which runs the local deploy's programs (no systemd here)
+SUPERVISORCTL = ["/opt/llf/supervisor/bin/supervisorctl", "-c", "/etc/llf/supervisord.conf"]
 
 # the processes of one vLLM server, as the kernel names them (vLLM sets the titles)
 VLLM_PROCESSES = {

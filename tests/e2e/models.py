@@ -8,9 +8,8 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.conftest import EMBED_MODEL
+from tests.e2e.conftest import EMBED_MODEL, SUPERVISORCTL
 
-SUPERVISORCTL = ["/opt/llf/supervisor/bin/supervisorctl", "-c", "/etc/llf/supervisord.conf"]
 EMBED_SERVICE = f"llf-vllm-{EMBED_MODEL}"
 EMBED_CONFIG = Path(f"/etc/llf/vllm-{EMBED_MODEL}.yaml")
 EMBED_FILES = [EMBED_CONFIG, Path(f"/etc/llf/vllm-{EMBED_MODEL}.env"), Path(f"/opt/llf/bin/{EMBED_SERVICE}")]

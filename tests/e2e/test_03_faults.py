@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server, record_figure
-from tests.e2e.conftest import MODEL, VLLM_PROCESSES, Deployment, Harness, server_answers
+from tests.e2e.conftest import MODEL, SUPERVISORCTL, VLLM_PROCESSES, Deployment, Harness, server_answers
 
 pytestmark = pytest.mark.e2e
 
-SUPERVISORCTL = ["/opt/llf/supervisor/bin/supervisorctl", "-c", "/etc/llf/supervisord.conf"]
 LOG = Path("/var/log/llf/llf-vllm.log")
 
 

@@ -18,12 +18,11 @@ import pytest
 import requests
 
 from tests.conftest import record_figure
-from tests.e2e.conftest import AlertReceiver, Deployment, dashboard_queries, has_numbers
+from tests.e2e.conftest import SUPERVISORCTL, AlertReceiver, Deployment, dashboard_queries, has_numbers
 
 pytestmark = pytest.mark.e2e
 
 PROMETHEUS = "http://127.0.0.1:9090/api/v1"
-SUPERVISORCTL = ["/opt/llf/supervisor/bin/supervisorctl", "-c", "/etc/llf/supervisord.conf"]
 # what a machine without a gateway cannot show
 GATEWAY_PANELS = {"Servers in the gateway", "Upstream state (gateway health checker)",
                   "Gateway requests and connections (nginx stub_status)"}

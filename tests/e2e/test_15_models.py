@@ -3,8 +3,8 @@ embedding model beside the chat model the session deployed, as its own supervise
 server on its own port and core, without restarting the chat model (its cores are named,
 so its share does not change). It runs after the client and `top` tests, which judge the
 chat model's latency with the machine to itself (with the embedding server sharing a
-core with the chat model's threads, they failed); the load tests then run with both, and tests/e2e/test_85_model_removal.py takes
-the embedding model off again."""
+core with the chat model's threads, they failed); the load tests then run with both,
+and tests/e2e/test_85_model_removal.py takes the embedding model off again."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO, record_figure
-from tests.e2e.conftest import EMBED_MODEL, MODEL, TWO_MODELS, Deployment, Harness, recap
+from tests.e2e.conftest import EMBED_MODEL, MODEL, MODEL_CPUS, TWO_MODELS, Deployment, Harness, recap
 from tests.e2e.embeddings import check_embeddings
 from tests.e2e.models import EMBED_SERVICE, embed, env_value, program_pid
 from tests.e2e.models import embed_url as read_embed_url
@@ -46,10 +46,9 @@ def test_each_model_is_its_own_server_on_its_own_port_and_core(deployment: Deplo
     assert program_pid("llf-vllm") and program_pid(EMBED_SERVICE)
     assert embed_url != deployment.server.base_url
     # each engine bound to the cores named for it (the chat model keeps all of them)
-    cores = json.loads(TWO_MODELS[1].split("-e ", 1)[1].strip("'"))["llf_server_model_cpus"]
     binds = {MODEL: env_value(Path("/etc/llf/vllm.env"), "VLLM_CPU_OMP_THREADS_BIND"),
              EMBED_MODEL: env_value(Path(f"/etc/llf/vllm-{EMBED_MODEL}.env"), "VLLM_CPU_OMP_THREADS_BIND")}
-    assert binds == cores, binds
+    assert binds == MODEL_CPUS, binds
     key = deployment.server.api_key
     listed = requests.get(f"{embed_url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
     assert [model["id"] for model in listed["data"]] == [EMBED_MODEL]
