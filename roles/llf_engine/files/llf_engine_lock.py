@@ -82,6 +82,14 @@ def requirements(build: str, defaults: dict) -> str:
 
 def check_lock(text: str, build: str, defaults: dict) -> dict[str, str]:
     """Every requirement pinned and hashed, the engine and its extras in it, the excluded ones not."""
+    wanted = [f"{build}=={defaults['llf_engine_version']}", *defaults["llf_engine_extra_packages"]]
+    return check_pins(text, wanted, EXCLUDED[build], f"the {build} engine")
+
+
+def check_pins(text: str, wanted: list[str], excluded: tuple[str, ...] | list[str] = (),
+               owner: str = "the role") -> dict[str, str]:
+    """{name: version} of a lock whose every requirement is pinned and hashed, the wanted
+    `name==version` ones among them and the excluded names not (also llf_webui's lock)."""
     pins: dict[str, str] = {}
     current = ""
     hashed: set[str] = set()
@@ -98,13 +106,12 @@ def check_lock(text: str, build: str, defaults: dict) -> dict[str, str]:
             raise LockError(f"line {number} is neither a pinned requirement nor a sha256 hash: {line.strip()}")
     if missing := sorted(set(pins) - hashed):
         raise LockError(f"no sha256 hash for {', '.join(missing)}")
-    wanted = [f"{build}=={defaults['llf_engine_version']}", *defaults["llf_engine_extra_packages"]]
     for requirement in wanted:
         name, _, version = requirement.partition("==")
         if pins.get(canonical(name)) != version:
             raise LockError(f"the lock does not pin {requirement} (it has {pins.get(canonical(name), 'nothing')})")
-    if present := sorted(set(pins) & {canonical(name) for name in EXCLUDED[build]}):
-        raise LockError(f"the lock holds {', '.join(present)}, which the {build} engine must not have")
+    if present := sorted(set(pins) & {canonical(name) for name in excluded}):
+        raise LockError(f"the lock holds {', '.join(present)}, which {owner} must not have")
     return pins
 
 
