@@ -95,6 +95,10 @@ loadtest: venv ## Load-test the deployed endpoint (HOST= USERS= RATE= DURATION= 
 lock: venv ## Regenerate the engine's hash-locked requirements (roles/llf_engine/files/locks/; LOCK_ARGS='--python 3.12')
 	$(VENV)/bin/python roles/llf_engine/files/llf_engine_lock.py $(LOCK_ARGS)
 
+.PHONY: lock-webui
+lock-webui: venv ## Regenerate Open WebUI's hash-locked requirements, torch's CPU build (roles/llf_webui/files/locks/)
+	$(VENV)/bin/python roles/llf_webui/files/llf_webui_lock.py $(LOCK_ARGS)
+
 # promtool, from Debian's prometheus package: downloaded and extracted, never installed
 # (the package's postinst would start a Prometheus daemon)
 TOOLS    := .cache/tools
