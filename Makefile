@@ -17,6 +17,8 @@ LOCK_ARGS ?=
 # make install MONITORING=1: Prometheus and Alertmanager on this machine too (llf_monitoring_here);
 # ALERT_WEBHOOK=<url>: where Alertmanager sends the alerts
 MONITORING    ?=
+# make install WEBUI=1: Open WebUI on this machine too (llf_webui_here), on 127.0.0.1:8080
+WEBUI         ?=
 ALERT_WEBHOOK ?=
 
 # Molecule (make molecule): the roles' scenarios, in the order the roles stand on each other
@@ -62,7 +64,7 @@ venv: $(VENV)/.installed ## Create the controller venv llf_venv/ (Python 3.11+)
 install: venv ## Deploy the vLLM server to INVENTORY (default: this machine); MODEL= picks a catalog model, MODELS=a,b several
 	@start=$$(date +%s); \
 	$(PLAYBOOK) playbooks/deploy.yml $(if $(MODEL),-e llf_model_name=$(MODEL)) $(if $(MODELS),-e llf_model_list=$(MODELS)) \
-	  $(if $(filter 1,$(MONITORING)),-e llf_monitoring_here=true) \
+	  $(if $(filter 1,$(MONITORING)),-e llf_monitoring_here=true) $(if $(filter 1,$(WEBUI)),-e llf_webui_here=true) \
 	  $(if $(ALERT_WEBHOOK),-e llf_monitoring_alert_webhook_url=$(ALERT_WEBHOOK)) $(ARGS); \
 	echo "==> make install took $$(( $$(date +%s) - start )) s"
 

@@ -129,6 +129,7 @@ class Gateway:
     url: str
     ca: str
     prefix: Path
+    web_ports: list[int] | None = None
 
 
 def free_port() -> int:
@@ -159,7 +160,8 @@ def start_gateway(prefix: Path, backends: list[dict[str, Any]], clients: list[di
         "llf_gateway_listen": "127.0.0.1", "llf_gateway_port": port, "llf_gateway_status_port": free_port(),
         "llf_gateway_read_timeout": 60, "llf_gateway_requests_per_minute": 600, "llf_gateway_concurrency": 16,
         "llf_gateway_allowed_paths": ["/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings"],
-        "__llf_gateway_clients_effective": clients, "__llf_gateway_server_key": SERVERS_KEY, **(extra or {}),
+        "__llf_gateway_clients_effective": clients, "__llf_gateway_server_key": SERVERS_KEY,
+        "llf_gateway_web_apps": [], "llf_gateway_web_max_body": "1m", **(extra or {}),
     })
     for name, text in site.items():
         text = text.replace("/var/log/nginx/", f"{prefix}/logs/")
@@ -178,6 +180,7 @@ def start_gateway(prefix: Path, backends: list[dict[str, Any]], clients: list[di
     assert check.returncode == 0, check.stderr
     nginx = subprocess.Popen(command, stderr=subprocess.PIPE)
     gateway = Gateway(f"https://127.0.0.1:{port}", str(tls / "gateway.crt"), prefix)
+    gateway.web_ports = [app["port"] for app in (extra or {}).get("llf_gateway_web_apps", [])]
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -376,3 +379,59 @@ def test_servers_this_run_did_not_check_keep_what_the_gateway_has() -> None:
     assert backends_filter.llf_gateway_backends(unchecked[:1], old)[0]["models"] == [
         {"name": "smollm2", "served_name": "smollm2", "kind": "chat", "port": 8000, "max_model_len": None}]
     assert backends_filter.FilterModule().filters()["llf_gateway_backends"] is backends_filter.llf_gateway_backends
+
+
+# --- web applications (Open WebUI) over the gateway's TLS -------------------------------
+
+class FakeWebApp(http.server.BaseHTTPRequestHandler):
+    """An Open WebUI stand-in: answers every GET with the headers that reached it."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        data = json.dumps({"path": self.path, "upgrade": self.headers["Upgrade"],
+                           "connection": self.headers["Connection"], "host": self.headers["Host"],
+                           "proto": self.headers["X-Forwarded-Proto"],
+                           "authorization": self.headers["Authorization"]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_web_app_is_served_over_tls_on_its_own_port_with_websocket_upgrades(
+        tmp_path: Path, fake_servers: dict[str, int]) -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeWebApp)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    web_port = free_port()
+    backends = [{"name": "host-a", "address": "127.0.0.1", "models": [
+        {"name": "smollm2-135m-instruct", "served_name": "chat", "kind": "chat", "port": fake_servers["a"],
+         "max_model_len": 8192}]}]
+    apps = [{"name": "webui", "port": web_port, "backend": f"127.0.0.1:{httpd.server_address[1]}"}]
+    nginx, gw = start_gateway(tmp_path, backends, [{"name": "tester", "key": CLIENT_KEY}],
+                              {"llf_gateway_web_apps": apps})
+    try:
+        web = f"https://127.0.0.1:{web_port}"
+        # no client key: the application signs its users in itself
+        page = requests.get(f"{web}/c/123?x=1", verify=gw.ca, timeout=10)
+        assert page.status_code == 200
+        assert page.json() == {"path": "/c/123?x=1", "upgrade": None, "connection": "close",
+                               "host": f"127.0.0.1:{web_port}", "proto": "https", "authorization": None}
+        # a websocket handshake goes through with its Upgrade (Socket.IO's /ws/socket.io/)
+        upgrade = requests.get(f"{web}/ws/socket.io/?EIO=4&transport=websocket", verify=gw.ca, timeout=10,
+                               headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+        assert upgrade.json()["upgrade"] == "websocket" and upgrade.json()["connection"] == "upgrade"
+        # the API port is unchanged: the application's paths are not served there
+        assert requests.get(f"{gw.url}/c/123", verify=gw.ca, timeout=10).status_code == 404
+        # uploads up to llf_gateway_web_max_body (1m here), then nginx's 413
+        assert requests.post(f"{web}/api/v1/files/", data=b"x" * (2 << 20), verify=gw.ca,
+                             timeout=10).status_code == 413
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+        httpd.shutdown()
+        httpd.server_close()
