@@ -95,7 +95,8 @@ def test_main_writes_and_checks_the_lock(tmp_path: Path, monkeypatch: pytest.Mon
     assert f"2 packages, sha256 {hashlib.sha256(body.encode()).hexdigest()}" in capsys.readouterr().out
     uv.write_text(f"#!{sys.executable}\nimport sys\nsys.exit(2)\n")
     assert lock_tool.main(["--uv", str(uv), "--locks", str(tmp_path / "locks"), "--no-torch-index"]) == 1
-    assert capsys.readouterr().err == "make lock-webui: uv pip compile failed (2) for open-webui-0.12.4-py311-x86_64.txt\n"
+    assert capsys.readouterr().err == (
+        "make lock-webui: uv pip compile failed (2) for open-webui-0.12.4-py311-x86_64.txt\n")
 
 
 # --- the environment and the unit ----------------------------------------------------
@@ -200,9 +201,9 @@ def test_settings_on_the_servers_host_and_without_retrieval(tmp_path: Path) -> N
 def test_the_unit_is_hardened_like_the_servers() -> None:
     unit = render("llf-webui.service", variables())
     server_unit = (REPO / "roles" / "llf_server" / "templates" / "llf-vllm.service.j2").read_text()
-    hardening = [line for line in server_unit.splitlines()
-                 if re.match(r"^(NoNewPrivileges|CapabilityBoundingSet|ProtectSystem|ProtectHome|PrivateTmp|PrivateUsers"
-                             r"|Protect[A-Z]\w+|Restrict\w+|LockPersonality|RemoveIPC|SystemCall\w+)=", line)]
+    sandbox = re.compile(r"^(NoNewPrivileges|CapabilityBoundingSet|ProtectSystem|ProtectHome|PrivateTmp"
+                         r"|PrivateUsers|Protect[A-Z]\w+|Restrict\w+|LockPersonality|RemoveIPC|SystemCall\w+)=")
+    hardening = [line for line in server_unit.splitlines() if sandbox.match(line)]
     assert len(hardening) > 15
     assert set(hardening) <= set(unit.splitlines())
     assert "PrivateDevices=true" in unit and "\nMemoryDenyWriteExecute=" not in unit
