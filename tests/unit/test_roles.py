@@ -241,7 +241,8 @@ def test_defaults_and_argument_specs_match(role: str) -> None:
 
 
 def test_every_role_has_the_expected_layout() -> None:
-    assert role_names() == ["llf_engine", "llf_gateway", "llf_host", "llf_model", "llf_monitoring", "llf_server"]
+    assert role_names() == ["llf_engine", "llf_gateway", "llf_host", "llf_model", "llf_monitoring", "llf_server",
+                            "llf_webui"]
     for role in role_names():
         assert (ROLES / role / "tasks" / "main.yml").is_file()
         assert (ROLES / role / "defaults" / "main.yml").is_file()
