@@ -253,6 +253,21 @@ PREFLIGHT_CASES: dict[str, tuple[dict[str, Any], str | None]] = {
 }
 
 
+# gateway hosts: their web applications, refused with
+GATEWAY_CASES: dict[str, dict[str, Any]] = {
+    "gw-api-port": {"llf_gateway_web_apps": [{"name": "ui", "port": 8443, "backend": "10.0.0.5:8080"}]},
+    "gw-backend": {"llf_gateway_web_apps": [{"name": "ui", "port": 8444, "backend": "http://10.0.0.5:8080/"}]},
+    "gw-shared-port": {"llf_gateway_web_apps": [{"name": "a", "port": 8444, "backend": "[::1]:8080"},
+                                                {"name": "b", "port": 8444, "backend": "h:1"}]},
+    "gw-ipv6": {"llf_gateway_web_apps": [{"name": "ui", "port": 8444, "backend": "[fd00::5]:8080"}]},
+}
+GATEWAY_REFUSALS = {
+    "gw-api-port": "entry 1 (ui) uses port 8443, which the gateway uses for its API or its status",
+    "gw-backend": "entry 1 (ui) needs a backend host:port (plain HTTP), not http://10.0.0.5:8080/",
+    "gw-shared-port": "entry 1 (a) shares its port with another application",
+}
+
+
 @pytest.fixture(scope="module")
 def preflight_run(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One preflight run of llf_webui on this machine, one inventory host per case."""
@@ -260,15 +275,17 @@ def preflight_run(tmp_path_factory: pytest.TempPathFactory) -> str:
     hosts = {name: settings for name, (settings, _) in PREFLIGHT_CASES.items()}
     inventory = {"all": {
         "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                 "llf_server_api_key": "servers-key-0123456789",
                  "llf_host": {"systemd_pid1": True, "disk_free_gb": {"prefix": 50}}},
         "children": {
             "llf_servers": {"hosts": {"srv": {"llf_server_models": SERVER_MODELS},
                                       "srv2": {"llf_model_list": ["smollm2-135m-instruct"]}}},
-            "llf_gateway": {"hosts": {"gw": {"ansible_host": "10.0.0.9", "llf_gateway_clients": [
-                {"name": "webui", "key": "webui-key-0123456789"}]}}},
+            "llf_gateway": {
+                "vars": {"llf_gateway_clients": [{"name": "webui", "key": "webui-key-0123456789"}]},
+                "hosts": {"gw": {"ansible_host": "10.0.0.9"}, **GATEWAY_CASES}},
             "llf_webui": {"hosts": hosts},
         }}}
-    (tmp / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    (tmp / "hosts.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
     (tmp / "play.yml").write_text(yaml.safe_dump([{
         "name": "Check the Open WebUI settings",
         "hosts": "llf_webui",
@@ -279,6 +296,17 @@ def preflight_run(tmp_path_factory: pytest.TempPathFactory) -> str:
             {"name": "Check", "ansible.builtin.include_role": {"name": "llf_webui", "tasks_from": "preflight"}},
             {"name": "Show", "ansible.builtin.debug": {
                 "msg": "WEBUI {{ inventory_hostname }} {{ llf_webui_selected_backend }} {{ llf_webui_url }}"}},
+        ],
+    }, {
+        "name": "Check the gateway settings",
+        "hosts": "llf_gateway",
+        "gather_facts": False,
+        "vars": {"llf_gateway_config_dir": str(tmp / "gateway")},
+        "tasks": [
+            {"name": "Check", "ansible.builtin.include_role": {"name": "llf_gateway", "tasks_from": "preflight",
+                                                                "public": True}},
+            {"name": "Show", "ansible.builtin.debug": {
+                "msg": "WEBAPPS {{ inventory_hostname }} {{ llf_gateway_web_apps | to_json }}"}},
         ],
     }]))
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
@@ -308,3 +336,17 @@ def test_preflight_refuses_what_cannot_work_and_changes_nothing(preflight_run: s
 def test_preflight_works_out_the_url_people_open(preflight_run: str) -> None:
     assert "WEBUI srv server http://127.0.0.1:8080/" in preflight_run
     assert "WEBUI ok-gateway gateway https://10.0.0.9:8444/" in preflight_run
+
+
+def test_the_gateway_serves_open_webui_by_default_and_refuses_web_apps_it_cannot_serve(preflight_run: str) -> None:
+    # the first host of llf_webui (srv, reached by its name) on llf_gateway_webui_port
+    apps = {match[1]: json.loads(match[2]) for match in re.finditer(r"WEBAPPS (\S+) (\[.*\])", preflight_run)}
+    assert apps == {"gw": [{"name": "webui", "port": 8444, "backend": "srv:8080"}],
+                    "gw-ipv6": [{"name": "ui", "port": 8444, "backend": "[fd00::5]:8080"}]}
+    for host, refused_with in GATEWAY_REFUSALS.items():
+        recap = next(line for line in preflight_run.splitlines() if line.startswith(f"{host} ") and "ok=" in line)
+        assert "failed=1" in recap and "changed=0" in recap
+        [message] = [line for line in preflight_run.splitlines()
+                     if line.startswith("[ERROR]") and "llf_gateway_web_apps:" in line and refused_with in line] \
+            or [preflight_run[-3000:]]
+        assert refused_with in message
