@@ -350,3 +350,50 @@ def test_the_gateway_serves_open_webui_by_default_and_refuses_web_apps_it_cannot
                      if line.startswith("[ERROR]") and "llf_gateway_web_apps:" in line and refused_with in line] \
             or [preflight_run[-3000:]]
         assert refused_with in message
+
+
+# --- configure, for real, into a temporary directory ------------------------------------
+
+def test_configure_writes_private_secrets_once_and_a_second_run_changes_nothing(tmp_path: Path) -> None:
+    """llf_webui's configure tasks on this machine (supervisor path, files in tmp_path, root as
+    the user): the secrets are generated once and kept, the second run reports changed=0."""
+    if os.geteuid() != 0:
+        pytest.skip("the role writes its files as root")
+    config = tmp_path / "etc"
+    config.mkdir()
+    inventory = {"all": {"hosts": {"srv": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+        "llf_server_models": SERVER_MODELS, "__llf_server_api_key": "servers-key-0123456789"}}}}
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    (tmp_path / "play.yml").write_text(yaml.safe_dump([{
+        "name": "Configure Open WebUI", "hosts": "srv", "gather_facts": False,
+        "vars": {"llf_webui_config_dir": str(config), "llf_webui_data_dir": str(tmp_path / "data"),
+                 "llf_webui_user": "root", "llf_webui_selected_manager": "supervisor",
+                 "llf_webui_selected_backend": "server", "__llf_webui_server": "srv", "__llf_webui_gateway": "",
+                 "llf_webui_url": "http://127.0.0.1:8080/", "llf_webui_venv": str(tmp_path / "venv")},
+        "tasks": [{"name": "Configure", "ansible.builtin.include_role": {"name": "llf_webui",
+                                                                        "tasks_from": "configure"}}],
+    }]))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+
+    def run() -> str:
+        proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml")],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return next(line for line in proc.stdout.splitlines() if line.startswith("srv ") and "ok=" in line)
+
+    assert "changed=0" not in run()
+    first = {path.name: path.read_text() for path in config.iterdir()}
+    assert "changed=0" in run()
+    assert {path.name: path.read_text() for path in config.iterdir()} == first
+    assert set(first) == {"webui.env", "secrets.env", "admin-password", "llf-webui.sh"}
+    assert oct((config / "secrets.env").stat().st_mode & 0o777) == "0o600"
+    assert oct((config / "admin-password").stat().st_mode & 0o777) == "0o600"
+    settings = shell_env(tmp_path, first["webui.env"], first["secrets.env"])
+    assert settings["OPENAI_API_BASE_URLS"] == "http://127.0.0.1:8000/v1"
+    assert settings["OPENAI_API_KEYS"] == "servers-key-0123456789"
+    assert settings["RAG_OPENAI_API_BASE_URL"] == "http://127.0.0.1:8101/v1"
+    assert len(settings["WEBUI_SECRET_KEY"]) == 48
+    assert settings["WEBUI_ADMIN_PASSWORD"] == first["admin-password"].strip() and len(first["admin-password"]) == 25
+    assert f"exec {tmp_path / 'venv'}/bin/open-webui serve --host 127.0.0.1 --port 8080" in first["llf-webui.sh"]
