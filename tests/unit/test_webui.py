@@ -172,6 +172,7 @@ def test_settings_through_the_gateway(tmp_path: Path) -> None:
     assert json.loads(env["DEFAULT_MODEL_METADATA"]) == {"capabilities": {"builtin_tools": False}}
     assert (env["RAG_EMBEDDING_ENGINE"], env["RAG_EMBEDDING_MODEL"], env["RAG_OPENAI_API_BASE_URL"]) == (
         "openai", "all-minilm-l6-v2", "https://10.0.0.9:8443/v1")
+    assert (env["CHUNK_SIZE"], env["CHUNK_OVERLAP"]) == ("600", "100")  # within all-minilm's 256 tokens
     assert env["AIOHTTP_CLIENT_SSL_CERT_FILE"] == "/etc/llf/webui/gateway-ca.pem"
     assert env["WEBUI_URL"] == "https://10.0.0.9:8444" and env["CORS_ALLOW_ORIGIN"] == "https://10.0.0.9:8444"
     assert env["FORWARDED_ALLOW_IPS"] == "10.0.0.9"
