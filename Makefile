@@ -180,8 +180,15 @@ molecule: venv ## Molecule scenarios of the roles on real systemd test hosts (RO
 	if [ "$(KEEP)" != 1 ]; then $(MAKE) --no-print-directory testhosts-down; fi; \
 	exit $$rc
 
+# the browser the web UI's tests drive (Playwright pointed at it): Debian's chromium
+.PHONY: browser
+browser: ## Install Debian's chromium for the web UI's browser tests, when missing
+	@test -x /usr/bin/chromium || { echo "==> Installing Debian's chromium (the web UI's browser tests drive it)"; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || { apt-get update -qq && apt-get install -y -q chromium >/dev/null; }; }
+
 .PHONY: test
-test: venv ## Lint, unit tests and the end-to-end deploy on this machine, with coverage (>= 90 %)
+test: venv browser ## Lint, unit tests and the end-to-end deploy on this machine, with coverage (>= 90 %)
 	@start=$$(date +%s); $(MAKE) --no-print-directory lint || exit $$?; \
 	export LLF_LINT_SECONDS=$$(( $$(date +%s) - start )); \
 	echo "$(VENV)/bin/pytest --cov --cov-report=term --cov-fail-under=90 tests"; \

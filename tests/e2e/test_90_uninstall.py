@@ -22,20 +22,22 @@ GONE = [
     "/run/llf-vllm-supervisor.sock",
     "/run/llf-vllm-supervisord.pid",
     "/etc/systemd/system/llf-vllm.service",
+    "/etc/systemd/system/llf-webui.service",
 ]
 
 
 def llf_processes() -> list[str]:
     ps = subprocess.run(["ps", "-ww", "-eo", "user:20,args"], capture_output=True, text=True, check=True).stdout
     return [line for line in ps.splitlines()
-            if line.split()[0] in ("llf", "prometheus") or "/opt/llf/" in line or "/etc/llf/" in line]
+            if line.split()[0] in ("llf", "llf-webui", "prometheus") or "/opt/llf/" in line or "/etc/llf/" in line]
 
 
 def assert_nothing_left(deployment: Deployment) -> None:
     for path in GONE:
         assert not Path(path).exists(), f"{path} is left"
-    with pytest.raises(KeyError):
-        pwd.getpwnam("llf")
+    for user in ("llf", "llf-webui"):
+        with pytest.raises(KeyError):
+            pwd.getpwnam(user)
     assert llf_processes() == []
     assert not deployment.endpoints_file.exists()
     assert not deployment.venv_link.exists(), "llf_venv/ is left"
@@ -60,6 +62,8 @@ def test_uninstall_removes_everything_but_the_models(deployment: Deployment, har
     assert recap(result.output)["failed"] == 0
     assert_nothing_left(deployment)
     assert (Path("/var/lib/llf/models") / MODEL / "llf-lock.json").is_file(), "the model was not kept"
+    # Open WebUI's data (accounts, chats, documents; test_16_webui.py made some) is kept too
+    assert Path("/var/lib/llf/webui/webui.db").is_file(), "Open WebUI's data was not kept"
 
 
 def test_second_uninstall_is_a_no_op(deployment: Deployment, harness: Harness) -> None:

@@ -448,7 +448,7 @@ down_host() {  # down_host NAME [signalled]: power off (unless already asked), t
 }
 
 write_inventory() {
-  local n=$1 i tmp
+  local n=$1 i tmp name
   mkdir -p "$INVENTORY_DIR/group_vars/all"
   tmp=$(mktemp "$INVENTORY_DIR/.hosts.yml.XXXXXX")
   {
@@ -458,7 +458,10 @@ write_inventory() {
     echo "  children:"
     emit_group llf_servers 1 $((n > 1 ? n - 1 : 1))
     # the gateway host runs Prometheus and Alertmanager too (inventories/lab's shape)
-    if ((n >= 2)); then emit_group llf_gateway "$n" "$n"; emit_group llf_monitoring "$n" "$n"; fi
+    # and Open WebUI, behind the gateway
+    if ((n >= 2)); then
+      emit_group llf_gateway "$n" "$n"; emit_group llf_monitoring "$n" "$n"; emit_group llf_webui "$n" "$n"
+    fi
   } >"$tmp"
   chmod 644 "$tmp"
   mv "$tmp" "$INVENTORY_DIR/hosts.yml"
@@ -476,11 +479,13 @@ write_inventory() {
     (umask 077 && printf 'llf_testhosts_api_key: "%s"\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
       >"$INVENTORY_DIR/group_vars/all/secrets.yml")
   fi
-  # the key of the gateway client lab-vars.yml lists (lab-user)
-  if ! grep -q '^llf_testhosts_client_key:' "$INVENTORY_DIR/group_vars/all/secrets.yml"; then
-    (umask 077 && printf 'llf_testhosts_client_key: "%s"\n' "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
-      >>"$INVENTORY_DIR/group_vars/all/secrets.yml")
-  fi
+  # the keys of the gateway clients lab-vars.yml lists (lab-user, webui)
+  for name in llf_testhosts_client_key llf_testhosts_webui_key; do
+    if ! grep -q "^$name:" "$INVENTORY_DIR/group_vars/all/secrets.yml"; then
+      (umask 077 && printf '%s: "%s"\n' "$name" "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+        >>"$INVENTORY_DIR/group_vars/all/secrets.yml")
+    fi
+  done
 }
 
 emit_group() {
