@@ -11,6 +11,9 @@ MODEL     ?=
 # several models on this machine, comma-separated catalog names, the main one first
 # (make install MODELS=smollm2-135m-instruct,all-minilm-l6-v2)
 MODELS    ?=
+# make install VERIFY=full: hash every model file against its lock (default quick: only
+# the files whose size or modification time changed)
+VERIFY    ?=
 ARGS      ?=
 PURGE     ?= 0
 LOCK_ARGS ?=
@@ -61,9 +64,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 venv: $(VENV)/.installed ## Create the controller venv llf_venv/ (Python 3.11+)
 
 .PHONY: install
-install: venv ## Deploy the vLLM server to INVENTORY (default: this machine); MODEL= picks a catalog model, MODELS=a,b several
+install: venv ## Deploy the vLLM server to INVENTORY (default: this machine); MODEL= picks a catalog model, MODELS=a,b several, VERIFY=full hashes every model file
 	@start=$$(date +%s); \
 	$(PLAYBOOK) playbooks/deploy.yml $(if $(MODEL),-e llf_model_name=$(MODEL)) $(if $(MODELS),-e llf_model_list=$(MODELS)) \
+	  $(if $(VERIFY),-e llf_model_verify=$(VERIFY)) \
 	  $(if $(filter 1,$(MONITORING)),-e llf_monitoring_here=true) $(if $(filter 1,$(WEBUI)),-e llf_webui_here=true) \
 	  $(if $(ALERT_WEBHOOK),-e llf_monitoring_alert_webhook_url=$(ALERT_WEBHOOK)) $(ARGS); \
 	echo "==> make install took $$(( $$(date +%s) - start )) s"

