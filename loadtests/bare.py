@@ -113,7 +113,7 @@ class BareServer:
         ]  # fmt: skip
 
     def command_line(self) -> list[str]:
-        return ["vllm serve", self.engine.model_dir, *self.command()[6:]]
+        return ["vllm serve", self.engine.model_dir, *self.command()[5:]]
 
     def environment(self) -> dict[str, str]:
         home = self.workdir / "home"
