@@ -318,6 +318,8 @@ def write_plots(out: Path, doc: dict[str, Any]) -> list[Path]:
                     if xs:
                         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=run_name)
                 ax.set_xscale("log", base=2)
+                ladder = sorted({s["users"] for _, c in runs for s in (c.get(name) or {}).get("steps", [])})
+                ax.set_xticks(ladder, [str(u) for u in ladder])
                 ax.set_xlabel("concurrent users")
                 ax.set_ylabel(label + ("" if "/s" in label else " (ms)"))
                 ax.set_title(f"{name}: {label}")
