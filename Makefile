@@ -39,6 +39,21 @@ SLO       ?=
 WORKERS   ?=
 METRICS   ?=
 EMBED_MODEL ?=
+# make bench overrides (see README: Capacity curves); HOST= and SLO= as for loadtest
+LADDER    ?=
+STEP      ?=
+REPEATS   ?=
+OUT       ?=
+BASELINES ?=
+FROM      ?=
+EMBED     ?=
+VS        ?=
+VS_ARGS   ?=
+VS_PORT   ?=
+BENCH_ARGS = $(if $(HOST),--host $(HOST)) $(if $(LADDER),--ladder $(LADDER)) $(if $(STEP),--step $(STEP)) \
+  $(if $(REPEATS),--repeats $(REPEATS)) $(if $(OUT),--out $(OUT)) $(if $(SLO),--slo $(SLO)) \
+  $(if $(BASELINES),--baselines $(BASELINES)) $(if $(FROM),--from $(FROM)) $(if $(filter 0,$(EMBED)),--no-embeddings) \
+  $(if $(VS),--vs $(VS)) $(if $(VS_ARGS),--vs-args='$(VS_ARGS)') $(if $(VS_PORT),--vs-port $(VS_PORT))
 
 PLAYBOOK   = $(VENV)/bin/ansible-playbook -i $(INVENTORY) $(if $(LIMIT),--limit $(LIMIT))
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
@@ -96,6 +111,14 @@ loadtest: venv ## Load-test the deployed endpoint (HOST= USERS= RATE= DURATION= 
 	  $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(SCENARIO),--scenario $(SCENARIO)) \
 	  $(if $(SLO),--slo $(SLO)) $(if $(WORKERS),--workers $(WORKERS)) $(foreach url,$(METRICS),--metrics-url $(url)) \
 	  $(if $(EMBED_MODEL),--embed-model $(EMBED_MODEL))
+
+.PHONY: bench
+bench: venv ## Capacity curve of the deployed endpoint, judged against its baseline (LADDER=1,2,4 STEP=30s REPEATS=3 OUT= VS=vllm-defaults FROM=<dir> EMBED=0)
+	$(VENV)/bin/python -m loadtests bench $(BENCH_ARGS)
+
+.PHONY: bench-save
+bench-save: venv ## Same as bench, and store the run as the baseline of its host profile (bench/baselines/; FROM=<dir> stores a past run)
+	$(VENV)/bin/python -m loadtests bench --save $(BENCH_ARGS)
 
 .PHONY: lock
 lock: venv ## Regenerate the engine's hash-locked requirements (roles/llf_engine/files/locks/; LOCK_ARGS='--python 3.12')

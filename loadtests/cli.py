@@ -1,4 +1,5 @@
-"""``python -m loadtests run``: resolve the defaults, run Locust headless, exit with the verdict.
+"""``python -m loadtests run``: resolve the defaults, run Locust headless, exit with the verdict
+(``python -m loadtests bench``: see bench.py).
 
 Exit codes: 0 every target met, 1 a target missed, 2 usage or configuration error,
 3 invalid (the load generator was the bottleneck) or inconclusive (too few samples).
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="let the model stop early (default: exactly max_tokens out, vLLM's ignore_eos)",
     )
+    from loadtests import bench
+
+    bench.add_parser(sub)
     return parser
 
 
@@ -423,6 +427,10 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "bench":
+            from loadtests import bench
+
+            return bench.bench(args, env)
         config, api_key = make_config(args, env)
         return run(config, api_key, env)
     except LoadtestError as e:

@@ -50,6 +50,7 @@ class RunConfig:
     embed_model: str = ""  # the embedding model of the scenarios embeddings and rag
     embed_tokens: int = 128  # tokens per /v1/embeddings input
     ca_cert: str | None = None  # a PEM file trusted for https, every request (the gateway's CA)
+    all_steps: bool = False  # step shape: run every step, even after one that did not pass (make bench)
 
     def scrape_urls(self) -> list[str]:
         """Where the server-side figures come from: --metrics-url, else the target."""

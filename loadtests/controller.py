@@ -197,7 +197,7 @@ class Controller:
             self._log(
                 f"{run.stage.name}: {reports.VERDICT_WORDS[result.exit_code]} ({result.summary['completed']} completed)"
             )
-            if result.exit_code != EXIT_PASS and self.stop_reason is None:
+            if result.exit_code != EXIT_PASS and self.stop_reason is None and not self.config.all_steps:
                 self.stop_reason = f"{run.stage.name} did not pass: stopping the steps"
                 if self.state == "run":
                     self._leave(now)

@@ -45,6 +45,8 @@ def stage_json(result: StageResult) -> dict[str, Any]:
     return {
         "stage": result.name,
         "users": result.users,
+        "start": result.start,  # wall clock: the window of the stage's samples in raw/
+        "end": result.end,
         **result.summary,
         **extra,
         "server": result.server,

@@ -373,3 +373,24 @@ def test_cpu_meter() -> None:
     assert meter.percent() == pytest.approx(50.0)  # 1 s of CPU in 2 s
     assert meter.percent() == 0.0  # no time passed
     assert CpuMeter().percent() >= 0.0
+
+
+def test_all_steps_runs_past_a_missed_step(tmp_path: Path) -> None:
+    """make bench: every step of the ladder runs, the capacity stays the unbroken passing run."""
+    rig = Rig(tmp_path, slo=PASSING, shape="step", users=2, warmup=0.0, duration=20.0, scrapes=[], all_steps=True)
+    assert rig.tick(0) == (1, "closed")
+    for i in range(3):
+        rig.request(1 + i, ttft=0.9)  # step-1 misses
+    assert rig.tick(10) == (2, "closed")
+    rig.idle(10.5)
+    assert rig.tick(11) == (2, "closed")  # judged: miss, and the ladder goes on
+    for i in range(3):
+        rig.request(12 + i, ttft=0.1)
+    rig.tick(20)
+    rig.idle(20.5)
+    while rig.tick(21) is not None:
+        pass
+    doc = result(tmp_path)
+    assert [(s["stage"], s["verdict"]) for s in doc["stages"]] == [("step-1", "MISSED"), ("step-2", "PASS")]
+    assert doc["stop_reason"] is None and doc["capacity_users"] == 0
+    assert all(s["end"] > s["start"] for s in doc["stages"])
