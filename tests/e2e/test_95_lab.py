@@ -32,6 +32,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, record_figure
+from tests.e2e import webui
 from tests.e2e.conftest import (
     EMBED_MODEL,
     MODEL,
@@ -57,6 +58,7 @@ UNINSTALLED_PATHS = (
     "/var/log/nginx/llf-gateway.access.log",
     "/etc/systemd/system/llf-vllm.service",
     "/etc/systemd/system/llf-gateway-health.service",
+    "/etc/systemd/system/llf-webui.service",
     "/etc/systemd/system/prometheus.service.d/llf.conf",
     "/etc/systemd/system/prometheus-node-exporter.service.d/llf.conf",
 )
@@ -321,6 +323,46 @@ def test_make_loadtest_embeddings_passes_through_the_gateway(harness: Harness, l
     rate = re.search(r"([0-9.]+) req/s", result.output)
     record_figure(f"make loadtest SCENARIO=embeddings through the gateway, 2 users: "
                   f"{rate.group(1) if rate else '?'} req/s, {result.seconds:.0f} s in all")
+
+
+def test_open_webui_through_the_gateway(harness: Harness, lab: Lab, tmp_path: Path) -> None:
+    """Open WebUI on the gateway host, offline, installed from the controller's wheelhouse:
+    over the gateway's TLS on its own port, websockets passed through, the fleet's models
+    through the gateway with a client key of its own, documents embedded by the fleet's
+    embedding servers (tests/e2e/webui.py drives it in Debian's chromium)."""
+    url = f"https://{lab.gateway_ip}:8444"
+    assert requests.get(f"{url}/health", verify=lab.ca(harness), timeout=30).status_code == 200
+    # on loopback behind the gateway: not reachable from elsewhere
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://{lab.gateway_ip}:8080/health", timeout=5)
+    password = lab.run(lab.gateway, "cat /etc/llf/webui/admin-password").stdout.strip()
+    assert password, "no generated admin password on the gateway host"
+    assert webui.sign_up_offered(url) == 0
+    ports = {"chat": 8000, "embed": 8005}
+    with webui.signed_in(url, "admin@localhost", password, "lab") as page:
+        assert sorted(webui.models_offered(page)) == sorted([MODEL, EMBED_MODEL])
+        before = {kind: sum(served_total(ip, port) for ip in lab.servers.values()) for kind, port in ports.items()}
+        answer = webui.ask(page, "What is the capital of France?")
+        page.screenshot(path=str(webui.ARTIFACTS / "lab-03-capital.png"))
+        assert "Paris" in answer, answer
+        webui.new_chat(page, url)
+        started = time.monotonic()
+        webui.upload(page, tmp_path)
+        while sum(served_total(ip, ports["embed"]) for ip in lab.servers.values()) <= before["embed"]:
+            assert time.monotonic() - started < 60, "the document did not reach the fleet's embedding servers in 60 s"
+            time.sleep(0.5)
+        answer = webui.ask(page, webui.FACT_QUESTION)
+        page.screenshot(path=str(webui.ARTIFACTS / "lab-04-document.png"))
+        assert webui.FACT_ANSWER in answer, answer
+    # the chat went to the fleet's chat servers through the gateway
+    assert sum(served_total(ip, ports["chat"]) for ip in lab.servers.values()) >= before["chat"] + 2
+    # the page's websocket went through the gateway (101 Switching Protocols)
+    log = lab.run(lab.gateway, "cat /var/log/nginx/llf-gateway-webui.access.log").stdout
+    assert re.search(r'"GET /ws/socket\.io/\S*transport=websocket\S* HTTP/1\.1" 101 ', log), log[-2000:]
+    memory = lab.run(lab.gateway, "systemctl show -P MemoryCurrent llf-webui").stdout.strip()
+    record_figure(f"Open WebUI through the gateway: signed in, answered, document answered from; "
+                  f"its memory on the gateway host {int(memory) / 2**20:.0f} MiB" if memory.isdigit() else
+                  "Open WebUI through the gateway: signed in, answered, document answered from")
 
 
 def test_gateway_allows_only_the_inference_paths_with_the_key(harness: Harness, lab: Lab) -> None:
