@@ -72,7 +72,8 @@ def test_make_bench_report_baseline_and_regression(server: Server, harness: Harn
             step["mean"]["output_throughput"] *= 1.3
         (baselines / f"{key}.json").write_text(json.dumps(base))
         worse = harness.make("bench", *common, f"FROM={out}", timeout=120)
-        assert worse.returncode == 1, worse.output[-3000:]
+        # the bench exits 1, which make reports as its own failure (exit 2, "Error 1")
+        assert worse.returncode == 2 and "bench] Error 1" in worse.output, worse.output[-3000:]
         assert "REGRESSION against the baseline" in worse.output
         assert "output tok/s" in worse.output and "-23.1%" in worse.output  # 1 / 1.3 - 1
     finally:
