@@ -460,11 +460,14 @@ def test_systemd_brings_back_each_killed_vllm_process(lab: Lab) -> None:
     assert lab.run(name, "pgrep -c -u llf -f vllm.entrypoints.openai.api_server").stdout.strip() == "2"
 
 
-def test_systemd_unit_exposure_is_low(lab: Lab) -> None:
-    name = sorted(lab.servers)[0]
-    report = lab.run(name, "systemd-analyze security --no-pager llf-vllm.service")
-    exposure = float(re.search(r"Overall exposure level for llf-vllm.service: ([0-9.]+)", report.stdout).group(1))
-    record_figure(f"systemd-analyze security llf-vllm (lab): {exposure}")
+@pytest.mark.parametrize("unit", ["llf-vllm", "llf-webui"])
+def test_systemd_unit_exposure_is_low(lab: Lab, unit: str) -> None:
+    host = sorted(lab.servers)[0] if unit == "llf-vllm" else lab.gateway
+    report = lab.run(host, f"systemd-analyze security --no-pager {unit}.service")
+    found = re.search(rf"Overall exposure level for {unit}.service: ([0-9.]+)", report.stdout)
+    assert found, report.stdout + report.stderr
+    exposure = float(found.group(1))
+    record_figure(f"systemd-analyze security {unit} (lab): {exposure}")
     assert exposure <= 3.0, report.stdout
 
 

@@ -128,7 +128,7 @@ def test_the_template_writes_one_entry_per_model(tmp_path: Path, models: str | N
 
     server: dict[str, Any] = {
         "llf_server_url": "http://s1:8000/v1",
-        "__llf_server_api_key": "k",
+        "llf_server_api_key_in_use": "k",
         "llf_model_selected": {"name": "smol-cat", "served_name": "smol"},
     }
     if models:

@@ -135,7 +135,7 @@ def variables(**overrides: Any) -> dict[str, Any]:
         "llf_webui_url": "https://10.0.0.9:8444/", "llf_webui_venv": "/opt/llf/webui/open-webui-0.12.4",
         "__llf_webui_openai": {"urls": ["https://10.0.0.9:8443/v1/"], "key": GATEWAY_KEY,
                                "embedding_url": "https://10.0.0.9:8443/v1", "ca": "/ctl/gateway-gw.pem"},
-        "__llf_webui_embedding_name": "all-minilm-l6-v2",
+        "__llf_webui_embedding_name": "all-minilm-l6-v2", "__llf_webui_default_model": "smollm2-135m-instruct",
         "__llf_webui_secret_key": "s" * 48, "__llf_webui_admin_password": "admin-password-1",
     })
     values.update(overrides)
@@ -176,6 +176,7 @@ def test_settings_through_the_gateway(tmp_path: Path) -> None:
     assert env["AIOHTTP_CLIENT_SSL_CERT_FILE"] == "/etc/llf/webui/gateway-ca.pem"
     assert env["WEBUI_URL"] == "https://10.0.0.9:8444" and env["CORS_ALLOW_ORIGIN"] == "https://10.0.0.9:8444"
     assert env["FORWARDED_ALLOW_IPS"] == "10.0.0.9"
+    assert env["DEFAULT_MODELS"] == "smollm2-135m-instruct"
     # the secrets are not in the world-readable settings
     settings = render("webui.env", variables())
     assert GATEWAY_KEY not in settings and "admin-password-1" not in settings and "s" * 48 not in settings
@@ -364,7 +365,7 @@ def test_configure_writes_private_secrets_once_and_a_second_run_changes_nothing(
     config.mkdir()
     inventory = {"all": {"hosts": {"srv": {
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-        "llf_server_models": SERVER_MODELS, "__llf_server_api_key": "servers-key-0123456789"}}}}
+        "llf_server_models": SERVER_MODELS, "llf_server_api_key_in_use": "servers-key-0123456789"}}}}
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
     (tmp_path / "play.yml").write_text(yaml.safe_dump([{
         "name": "Configure Open WebUI", "hosts": "srv", "gather_facts": False,
@@ -392,8 +393,10 @@ def test_configure_writes_private_secrets_once_and_a_second_run_changes_nothing(
     assert oct((config / "secrets.env").stat().st_mode & 0o777) == "0o600"
     assert oct((config / "admin-password").stat().st_mode & 0o777) == "0o600"
     settings = shell_env(tmp_path, first["webui.env"], first["secrets.env"])
-    assert settings["OPENAI_API_BASE_URLS"] == "http://127.0.0.1:8000/v1"
-    assert settings["OPENAI_API_KEYS"] == "servers-key-0123456789"
+    # every model of the host is listed (the embedding model too); chats start on the main one
+    assert settings["OPENAI_API_BASE_URLS"] == "http://127.0.0.1:8000/v1;http://127.0.0.1:8101/v1"
+    assert settings["OPENAI_API_KEYS"] == "servers-key-0123456789;servers-key-0123456789"
+    assert settings["DEFAULT_MODELS"] == SERVER_MODELS[0]["served_name"]
     assert settings["RAG_OPENAI_API_BASE_URL"] == "http://127.0.0.1:8101/v1"
     assert len(settings["WEBUI_SECRET_KEY"]) == 48
     assert settings["WEBUI_ADMIN_PASSWORD"] == first["admin-password"].strip() and len(first["admin-password"]) == 25
