@@ -8,6 +8,7 @@ checks that a deploy with Open WebUI changes nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -20,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import record_figure
 from tests.e2e import webui
-from tests.e2e.conftest import EMBED_MODEL, MODEL, SUPERVISORCTL, TWO_MODELS, Deployment, Harness, recap
+from tests.e2e.conftest import EMBED_MODEL, MODEL, MODEL_CPUS, SUPERVISORCTL, TWO_MODELS, Deployment, Harness, recap
 from tests.e2e.models import embed_url
 
 pytestmark = pytest.mark.e2e
@@ -34,10 +35,13 @@ ADMIN_PASSWORD_FILE = CONFIG / "admin-password"
 @pytest.fixture(scope="module")
 def password(harness: Harness, deployment: Deployment) -> Iterator[str]:
     """make install WEBUI=1 on top of the session's deploy (both models): Open WebUI on loopback."""
-    result = harness.make("install", *TWO_MODELS, "WEBUI=1", timeout=1800)
+    # from the controller's wheelhouse, as for hosts without internet: the lab's offline
+    # gateway host (test_95_lab.py) then installs from the same wheels without a second download
+    args = {"llf_server_model_cpus": MODEL_CPUS, "llf_webui_install_from": "wheelhouse"}
+    result = harness.make("install", TWO_MODELS[0], "WEBUI=1", f"ARGS=-e '{json.dumps(args)}'", timeout=1800)
     assert result.returncode == 0, f"make install WEBUI=1 failed:\n{result.output[-6000:]}"
     assert recap(result.output)["failed"] == 0
-    record_figure(f"make install WEBUI=1 on a deployed machine (Open WebUI installed and started): "
+    record_figure(f"make install WEBUI=1 on a deployed machine (Open WebUI's wheels fetched, installed, started): "
                   f"{result.seconds:.1f} s")
     assert f"Web UI:       {URL}/" in result.output
     yield ADMIN_PASSWORD_FILE.read_text(encoding="utf-8").strip()
