@@ -718,9 +718,14 @@ def test_gateway_revokes_a_client_and_limits_another_without_restarting_servers(
     and a client allowed one request a minute; the servers keep running."""
     before = lab.vllm_pids()
     tiny_key = secrets.token_urlsafe(24)
+    webui_key = yaml.safe_load((INVENTORY / "group_vars" / "all" / "secrets.yml").read_text())["llf_testhosts_webui_key"]
     clients = tmp_path / "clients.yml"
     clients.write_text(
-        yaml.safe_dump({"llf_gateway_clients": [{"name": "tiny", "key": tiny_key, "requests_per_minute": 1}]})
+        yaml.safe_dump({"llf_gateway_clients": [
+            {"name": "tiny", "key": tiny_key, "requests_per_minute": 1},
+            # Open WebUI's client stays (the deploy refuses to leave Open WebUI without one)
+            {"name": "webui", "key": webui_key, "requests_per_minute": 600},
+        ]})
     )
     result = deploy(harness, "--limit", lab.gateway, "-e", f"@{clients}")
     assert result.returncode == 0, result.output[-6000:]
