@@ -718,7 +718,8 @@ def test_gateway_revokes_a_client_and_limits_another_without_restarting_servers(
     and a client allowed one request a minute; the servers keep running."""
     before = lab.vllm_pids()
     tiny_key = secrets.token_urlsafe(24)
-    webui_key = yaml.safe_load((INVENTORY / "group_vars" / "all" / "secrets.yml").read_text())["llf_testhosts_webui_key"]
+    lab_secrets = yaml.safe_load((INVENTORY / "group_vars" / "all" / "secrets.yml").read_text())
+    webui_key = lab_secrets["llf_testhosts_webui_key"]
     clients = tmp_path / "clients.yml"
     clients.write_text(
         yaml.safe_dump({"llf_gateway_clients": [
