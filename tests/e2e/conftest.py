@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, Server, record_figure
 
@@ -41,6 +42,13 @@ VLLM_PROCESSES = {
     "VLLM::EngineCore": "^VLLM::EngineCore",
     "VLLM::Worker": "^VLLM::Worker",
 }
+
+
+def served_total(address: str, port: int) -> float:
+    """A vLLM server's vllm:request_success_total, read from its own /metrics."""
+    text = requests.get(f"http://{address}:{port}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == "vllm:request_success_total")
 
 
 def server_answers(base_url: str, key: str | None, model: str = MODEL) -> bool:

@@ -14,14 +14,24 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import record_figure
 from tests.e2e import webui
-from tests.e2e.conftest import EMBED_MODEL, MODEL, MODEL_CPUS, SUPERVISORCTL, TWO_MODELS, Deployment, Harness, recap
+from tests.e2e.conftest import (
+    EMBED_MODEL,
+    MODEL,
+    MODEL_CPUS,
+    SUPERVISORCTL,
+    TWO_MODELS,
+    Deployment,
+    Harness,
+    recap,
+    served_total,
+)
 from tests.e2e.models import embed_url
 
 pytestmark = pytest.mark.e2e
@@ -49,9 +59,7 @@ def password(harness: Harness, deployment: Deployment) -> Iterator[str]:
 
 def embeddings_served() -> float:
     """The embedding server's vllm:request_success_total."""
-    text = requests.get(embed_url().removesuffix("/v1") + "/metrics", timeout=10).text
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples if sample.name == "vllm:request_success_total")
+    return served_total("127.0.0.1", urlsplit(embed_url()).port or 0)
 
 
 def test_offline_settings_secrets_and_memory(password: str) -> None:

@@ -42,6 +42,7 @@ from tests.e2e.conftest import (
     dashboard_queries,
     has_numbers,
     recap,
+    served_total,
     server_answers,
 )
 
@@ -257,13 +258,6 @@ def test_smoke_through_the_gateway_and_each_server(harness: Harness, lab: Lab) -
     assert f"{lab.gateway}-gateway" in text
     for name in lab.servers:
         assert name in text
-
-
-def served_total(address: str, port: int) -> float:
-    """A server's vllm:request_success_total, read from its own /metrics."""
-    text = requests.get(f"http://{address}:{port}/metrics", timeout=10).text
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples if sample.name == "vllm:request_success_total")
 
 
 def test_gateway_routes_each_request_by_its_model(harness: Harness, lab: Lab) -> None:

@@ -193,6 +193,15 @@ def start_gateway(prefix: Path, backends: list[dict[str, Any]], clients: list[di
             time.sleep(0.05)
 
 
+def reply_json(handler: http.server.BaseHTTPRequestHandler, data: bytes) -> None:
+    """A fake server's 200 with a JSON body."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class FakeServer(http.server.BaseHTTPRequestHandler):
     """A vLLM stand-in: /health, and every POST echoed back (streamed when asked)."""
 
@@ -222,12 +231,7 @@ class FakeServer(http.server.BaseHTTPRequestHandler):
                     FakeServer.release.wait(20)
             self.wfile.write(b"0\r\n\r\n")
             return
-        data = json.dumps(echo).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply_json(self, json.dumps(echo).encode())
 
     def log_message(self, *args: object) -> None:
         pass
@@ -393,11 +397,7 @@ class FakeWebApp(http.server.BaseHTTPRequestHandler):
                            "connection": self.headers["Connection"], "host": self.headers["Host"],
                            "proto": self.headers["X-Forwarded-Proto"],
                            "authorization": self.headers["Authorization"]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply_json(self, data)
 
     def log_message(self, *args: object) -> None:
         pass
