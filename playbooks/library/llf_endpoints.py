@@ -99,8 +99,9 @@ def merge(
 ) -> list[dict[str, Any]]:
     """The file's entries after this inventory's run.
 
-    Ours (tagged, of `hosts` when given) and untagged entries named like a new one go;
-    the new entries, tagged, take the place of the first that went (else the end).
+    Ours (tagged, of `hosts` when given) and any entry named like a new one go (names
+    stay unique: another checkout's deploy of this machine also writes "local"); the new
+    entries, tagged, take the place of the first that went (else the end).
     """
     new = [{**e, TAG: tag} for e in entries] if state == "present" else []
     names = {e.get("name") for e in new}
@@ -108,7 +109,7 @@ def merge(
     def replaced(entry: Mapping[str, Any]) -> bool:
         if _same_tag(entry.get(TAG), tag):
             return hosts is None or entry.get("host") in hosts or entry.get("name") in names
-        return entry.get(TAG) is None and entry.get("name") in names
+        return entry.get("name") in names
 
     result: list[dict[str, Any]] = []
     at: int | None = None

@@ -36,12 +36,14 @@ TWO_MODELS = (f"MODELS={MODEL},{EMBED_MODEL}", "ARGS=-e '" + json.dumps({"llf_se
 # LLF's supervisord, which runs the local deploy's programs (no systemd here)
 SUPERVISORCTL = ["/opt/llf/supervisor/bin/supervisorctl", "-c", "/etc/llf/supervisord.conf"]
 
-# the processes of one vLLM server, as the kernel names them (vLLM sets the titles)
+# the processes of one vLLM server, as the kernel names them (vLLM sets the titles): the
+# model's worker runs inside the engine core's process (llf_server_inprocess_worker: auto)
 VLLM_PROCESSES = {
     "API server": "vllm.entrypoints.openai.api_server",
     "VLLM::EngineCore": "^VLLM::EngineCore",
-    "VLLM::Worker": "^VLLM::Worker",
 }
+# the third process vLLM starts when the worker has a process of its own
+VLLM_WORKER = "^VLLM::Worker"
 
 
 def served_total(address: str, port: int) -> float:

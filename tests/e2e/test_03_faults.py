@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server, record_figure
-from tests.e2e.conftest import MODEL, SUPERVISORCTL, VLLM_PROCESSES, Deployment, Harness, server_answers
+from tests.e2e.conftest import (
+    MODEL,
+    SUPERVISORCTL,
+    VLLM_PROCESSES,
+    VLLM_WORKER,
+    Deployment,
+    Harness,
+    server_answers,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -74,6 +82,9 @@ def test_a_killed_vllm_process_comes_back_by_itself(supervised: Deployment, name
         count = subprocess.run([*PGREP[:-1], "-c", "-f", pattern], capture_output=True, text=True,
                                check=False).stdout.strip()
         assert count == "1", f"{count} {process} processes run after the restart"
+    # the model's worker runs inside the engine core (llf_server_inprocess_worker: auto)
+    workers = subprocess.run([*PGREP[:-1], "-c", "-f", VLLM_WORKER], capture_output=True, text=True, check=False)
+    assert workers.stdout.strip() == "0", f"{workers.stdout.strip()} worker processes beside the engine core"
 
 
 def test_a_deliberate_stop_stays_stopped_a_broken_start_fails_fast_and_a_warm_start_hits_the_cache(

@@ -3,7 +3,7 @@ internet (systemd-nspawn, `make testhosts-up`), a rolling update under load that
 loses no request, the allowlist, the firewall, idempotence and uninstall. Before the
 deploy, cheap preflight refusals: the example lab's published vault outside the test
 hosts, and servers behind one gateway that would serve different models.
-Also: a killed engine worker the gateway routes around, named client keys with limits.
+Also: a killed engine core the gateway routes around, named client keys with limits.
 Before the uninstall, each role's Molecule scenario (converge, idempotence, verify) runs
 on the deployed lab, the way a developer runs them (`make molecule ROLE=...`): the
 scenarios' checks without a second set of hosts, engine installs and server starts.
@@ -37,6 +37,7 @@ from tests.e2e.conftest import (
     EMBED_MODEL,
     MODEL,
     VLLM_PROCESSES,
+    VLLM_WORKER,
     AlertReceiver,
     Harness,
     dashboard_queries,
@@ -450,8 +451,9 @@ def test_systemd_brings_back_each_killed_vllm_process(lab: Lab) -> None:
         record_figure(f"systemd (lab): kill -9 of {process} until answering again: {time.monotonic() - killed:.0f} s")
     restarts = lab.run(name, "systemctl show -p NRestarts --value llf-vllm").stdout.strip()
     assert int(restarts) >= len(VLLM_PROCESSES), restarts
-    # one API server per model
+    # one API server per model, and no worker process beside the engine cores (llf_server_inprocess_worker)
     assert lab.run(name, "pgrep -c -u llf -f vllm.entrypoints.openai.api_server").stdout.strip() == "2"
+    assert lab.run(name, f"pgrep -c -u llf -f '{VLLM_WORKER}'").stdout.strip() == "0"
 
 
 @pytest.mark.parametrize("unit", ["llf-vllm", "llf-webui"])
@@ -559,9 +561,9 @@ def wait_for_change(lab: Lab, since: float, state: str, timeout: float) -> float
     raise AssertionError(f"the gateway's health checker did not write {state} within {timeout:.0f} s")
 
 
-def test_rolling_update_and_a_killed_worker_under_load(harness: Harness, lab: Lab, tmp_path: Path) -> None:
+def test_rolling_update_and_a_killed_engine_under_load(harness: Harness, lab: Lab, tmp_path: Path) -> None:
     """One load run through the gateway, chat and embedding requests: first kill -9 one
-    server's engine workers (the gateway routes around it until the server restarts by
+    server's engine cores (the gateway routes around it until the server restarts by
     itself), then a rolling update of both servers, every model on each. No request of
     either kind that started after the health checker noticed fails."""
     slo = tmp_path / "slo.yaml"
@@ -623,14 +625,15 @@ def test_rolling_update_and_a_killed_worker_under_load(harness: Harness, lab: La
     try:
         time.sleep(20)
         assert load.poll() is None, load.communicate()[0][-3000:]
-        # 1. the engine's worker dies (the OOM killer's pick); the server restarts by itself
+        # 1. the engine core, which holds the model and its KV cache, dies (the OOM killer's
+        # pick); the server restarts by itself
         killed_at = time.time()
-        kill = lab.run(victim, "pkill -9 -f '^VLLM::Worker'")
-        assert kill.returncode == 0, f"no VLLM::Worker process on {victim}: {kill.stderr}"
+        kill = lab.run(victim, "pkill -9 -f '^VLLM::EngineCore'")
+        assert kill.returncode == 0, f"no VLLM::EngineCore process on {victim}: {kill.stderr}"
         noticed_at = wait_for_change(lab, killed_at, f"{victim}=down", 60)
         back_at = wait_for_change(lab, noticed_at, f"{victim}=up", 600)
         record_figure(
-            f"gateway, kill -9 of {victim}'s VLLM::Worker under load: out of the gateway "
+            f"gateway, kill -9 of {victim}'s VLLM::EngineCore under load: out of the gateway "
             f"{noticed_at - killed_at:.1f} s after the kill, for {back_at - noticed_at:.1f} s"
         )
         # 2. a rolling update of both servers

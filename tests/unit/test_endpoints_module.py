@@ -72,6 +72,15 @@ def test_an_older_deploys_untagged_entry_of_the_same_name_is_replaced(tmp_path: 
     assert names(path) == [("local", LOCAL), ("other", None)]
 
 
+def test_another_checkouts_entry_of_the_same_name_is_replaced_and_its_others_kept(tmp_path: Path) -> None:
+    # two clones of LLF deploying this machine both write "local": the file stays readable
+    path = tmp_path / "endpoints.yml"
+    module.run(params(path, "/other/inventories/local", [entry("local"), entry("local-emb", "local")]), False)
+    module.run(params(path, LOCAL, [entry("local")]), False)
+    assert names(path) == [("local", LOCAL), ("local-emb", "/other/inventories/local")]
+    assert [e.name for e in load_endpoints_file(path)] == ["local", "local-emb"]
+
+
 def test_uninstall_removes_only_its_entries_then_the_file(tmp_path: Path) -> None:
     path = tmp_path / "endpoints.yml"
     module.run(params(path, LOCAL, [entry("local")]), False)

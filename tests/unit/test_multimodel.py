@@ -69,7 +69,7 @@ MODELS = [
 def _settings(**over: Any) -> dict[str, Any]:
     settings = {
         "service_name": "llf-vllm", "catalog_names": CATALOG, "cores": 2, "cpu_threads_bind": "all",
-        "model_cpus": {}, "model_ports": {}, "port": 8000, "kv_cache_gb": 2, "memory_max": "auto",
+        "model_cpus": {}, "model_ports": {}, "port": 8000, "kv_cache_gb": 2, "memory_max": "auto", "mem_total_gb": 24,
         "engine": "vllm-cpu", "config_dir": "/etc/llf", "bin_dir": "/opt/llf/bin",
         "model_paths": {"smollm2": "/models/smollm2/model", "minilm": "/models/minilm/model"},
         "local_host": "127.0.0.1", "main_url": "http://10.0.0.5:8000/v1", "public_host": "10.0.0.5",
@@ -84,7 +84,7 @@ def test_the_main_model_keeps_the_single_model_names() -> None:
     (main,) = plan["instances"]
     assert (main["service"], main["port"], main["config"], main["env"], main["script"]) == (
         "llf-vllm", 8000, "/etc/llf/vllm.yaml", "/etc/llf/vllm.env", "/opt/llf/bin/llf-vllm")
-    assert main["cpus"] == "0-3" and main["kv_cache_gb"] == 2 and main["memory_max"] == "6.3G"
+    assert main["cpus"] == "0-3" and main["kv_cache_bytes"] == 2 * 1024**3 and main["memory_max"] == "6.3G"
     assert main["url"] == "http://10.0.0.5:8000/v1" and main["kind"] == "chat" and main["max_model_len"] == 4096
 
 
@@ -94,7 +94,8 @@ def test_each_other_model_gets_its_own_service_port_files_and_cores() -> None:
     assert embed["config"] == "/etc/llf/vllm-minilm.yaml" and embed["script"] == "/opt/llf/bin/llf-vllm-minilm"
     assert embed["url"] == "http://10.0.0.5:8003/v1" and embed["local_url"] == "http://127.0.0.1:8003"
     assert (main["cpus"], embed["cpus"]) == ("0", "1")
-    assert embed["kv_cache_gb"] == 1 and embed["kind"] == "embedding" and embed["path"].endswith("/minilm/model")
+    assert embed["kv_cache_bytes"] == 1024**3 and embed["kind"] == "embedding"
+    assert embed["path"].endswith("/minilm/model")
 
 
 def test_cores_split_in_equal_contiguous_shares_with_the_rest_to_the_first() -> None:
@@ -132,10 +133,13 @@ def test_auto_or_listed_binding_applies_to_the_main_model_only() -> None:
 
 
 def test_memory_limit_settings() -> None:
-    assert instances.memory_max("infinity", {"memory_gb": 5}, 2, "vllm-cpu") == ""
-    assert instances.memory_max("12G", {"memory_gb": 5}, 2, "vllm-cpu") == "12G"
-    assert instances.memory_max("auto", {"memory_gb": 5}, 4, "vllm-cpu") == "8.8G"  # (5 + 2) * 1.25
-    assert instances.memory_max("auto", {"memory_gb": 5}, 4, "vllm") == "6.3G"
+    gib = 1024**3
+    assert instances.memory_max("infinity", {"memory_gb": 5}, 2 * gib, "vllm-cpu") == ""
+    assert instances.memory_max("12G", {"memory_gb": 5}, 2 * gib, "vllm-cpu") == "12G"
+    # the catalog's 5 GiB count a 2 GiB KV cache: a 4 GiB one is 2 more
+    assert instances.memory_max("auto", {"memory_gb": 5}, 4 * gib, "vllm-cpu") == "8.8G"  # (5 + 2) * 1.25
+    assert instances.memory_max("auto", {"memory_gb": 3, "kv_cache_gb": 1}, gib, "vllm-cpu") == "3.8G"
+    assert instances.memory_max("auto", {"memory_gb": 5}, 4 * gib, "vllm") == "6.3G"
 
 
 def test_gpu_memory_is_shared_in_proportion_to_the_models_needs() -> None:

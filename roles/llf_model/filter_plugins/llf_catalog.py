@@ -12,6 +12,7 @@ SOURCE_KEYS = {
     "local": ("path",),
 }
 KINDS = ("chat", "embedding")
+ATTENTION_KEYS = ("layers", "kv_heads", "head_dim")
 
 
 def kind_of(entry: Mapping[str, Any]) -> str:
@@ -51,6 +52,12 @@ def catalog_errors(catalog: dict[str, Any]) -> list[str]:
                           f"(no leading or trailing '/', no '..'), not {directory!r}")
         if kind_of(entry) not in KINDS:
             errors.append(f"catalog entry {name}: kind must be one of {list(KINDS)}, not {entry['kind']!r}")
+        attention = entry.get("attention")
+        if attention is not None and not (isinstance(attention, dict) and all(
+                isinstance(attention.get(key), int) and not isinstance(attention.get(key), bool)
+                and attention[key] >= 1 for key in ATTENTION_KEYS)):
+            errors.append(f"catalog entry {name}: attention must give {', '.join(ATTENTION_KEYS)} as whole numbers "
+                          f"(1 or more, from the model's config.json), not {attention!r}")
         kv_cache = entry.get("kv_cache_gb")
         if kv_cache is not None and (isinstance(kv_cache, bool) or not isinstance(kv_cache, int) or kv_cache < 1):
             errors.append(f"catalog entry {name}: kv_cache_gb must be a whole number of GiB (1 or more), "
