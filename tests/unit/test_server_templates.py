@@ -65,6 +65,10 @@ def test_every_value_reaches_the_server_unchanged(tmp_path: Path) -> None:
         "llf_server_compile_cache": True,
         "llf_engine_selected": "vllm-cpu",
         "llf_server_models": [{"main": True, "cpus": "0-1|2-3", "inprocess_worker": True}],
+        "__llf_server_preload": {"results": [
+            {"item": "/usr/lib/libtcmalloc_minimal.so.4", "stat": {"exists": True}},
+            {"item": "/opt/e/lib/libiomp5.so", "stat": {"exists": False}},
+        ]},
         "llf_server_extra_env": {"LLF_NOTE": "a value; with $HOME, `quotes` and 'apostrophes' | pipes"},
     })
     # a | in the thread binding once made the start script exit 127
@@ -76,6 +80,9 @@ def test_every_value_reaches_the_server_unchanged(tmp_path: Path) -> None:
     # the worker inside the engine core's process; the KV cache is a server argument, not this legacy variable
     assert sourced(env, "VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
     assert "VLLM_CPU_KVCACHE_SPACE" not in env.read_text()
+    # only the preload libraries that exist, and tcmalloc gives freed pages back
+    assert sourced(env, "LD_PRELOAD") == "/usr/lib/libtcmalloc_minimal.so.4"
+    assert sourced(env, "TCMALLOC_AGGRESSIVE_DECOMMIT") == "1"
 
 
 def test_all_cores_and_no_compile_cache(tmp_path: Path) -> None:
@@ -89,6 +96,7 @@ def test_all_cores_and_no_compile_cache(tmp_path: Path) -> None:
     assert sourced(env, "VLLM_CPU_OMP_THREADS_BIND") == "0-1"
     assert "VLLM_USE_AOT_COMPILE" not in env.read_text()
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in env.read_text()  # llf_server_inprocess_worker: false
+    assert "LD_PRELOAD" not in env.read_text() and "TCMALLOC" not in env.read_text()
     assert sourced(env, "HOME") == "/srv/llf"
 
 
