@@ -78,7 +78,7 @@ def test_every_value_reaches_the_server_unchanged(tmp_path: Path) -> None:
     assert sourced(env, "VLLM_USE_AOT_COMPILE") == "0"
     assert sourced(env, "TORCHINDUCTOR_CACHE_DIR") == "/var/lib/llf/server/cache/inductor"
     # the worker inside the engine core's process; the KV cache is a server argument, not this legacy variable
-    assert sourced(env, "VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+    assert sourced(env, "VLLM_ENABLE_V1_MULTIPROCESSING") == "0" and sourced(env, "KMP_BLOCKTIME") == "5"
     assert "VLLM_CPU_KVCACHE_SPACE" not in env.read_text()
     # only the preload libraries that exist, and tcmalloc gives freed pages back
     assert sourced(env, "LD_PRELOAD") == "/usr/lib/libtcmalloc_minimal.so.4"
