@@ -2,9 +2,10 @@
 
 A step's figure is the mean over the repeats; its noise is the spread of the repeats
 (max - min) in percent of that mean. A change against the baseline counts only when it
-goes the bad way (less throughput, more latency) by more than the noise of either run
-and more than the minimum effect: a regression. The same beyond the band the good way
-is an improvement; anything else is within noise.
+goes the bad way (less throughput, more latency) by more than the noise of both runs
+together (the sum of their spreads: a difference the repeats of the two runs could
+show between themselves is not one) and more than the minimum effect: a regression.
+The same beyond the band the good way is an improvement; anything else is within noise.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Delta:
     baseline: float
     current: float
     change_pct: float  # (current - baseline) / baseline
-    band_pct: float  # the larger noise of the two runs, at least the minimum effect
+    band_pct: float  # the noise of the two runs added up, at least the minimum effect
     verdict: str
 
     def row(self) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def compare(current: Mapping[str, Any], baseline: Mapping[str, Any], min_effect:
                 c, b = cur["mean"].get(key), base["mean"].get(key)
                 if c is None or b is None or b == 0:
                     continue
-                band = max(min_effect, cur["noise_pct"].get(key) or 0.0, base["noise_pct"].get(key) or 0.0)
+                band = max(min_effect, (cur["noise_pct"].get(key) or 0.0) + (base["noise_pct"].get(key) or 0.0))
                 change = (c - b) / abs(b) * 100.0
                 worse = -change if higher_better else change
                 verdict = REGRESSION if worse > band else IMPROVEMENT if -worse > band else NOISE
