@@ -411,7 +411,9 @@ def test_chat_in_a_terminal(server: Server, tmp_path: Path) -> None:
     # Ctrl-C while a reply streams; a reply that ends (EOS) before the interrupt lands is a
     # whole turn, and the next prompt tries again
     turns = 1
-    for topic in ("a dragon and a knight", "a ship lost at sea", "a city under the mountains",
+    # counting keeps a small model going to the token limit; the stories are the fallback
+    for topic in ("counting from 1 to 500, one number per line", "counting from 500 down to 1, one number per line",
+                  "a dragon and a knight", "a ship lost at sea", "a city under the mountains",
                   "a robot who learns to paint", "two rival bakers in Paris", "a long winter in a lighthouse"):
         child.sendline(f"Write a very long story about {topic}.")
         child.expect_exact(f"{topic}.\r\n")  # the echo; then the reply starts streaming

@@ -54,6 +54,8 @@ def test_a_small_host_shrinks_the_cache_and_the_streams_and_refuses_less_than_on
     tight = plan([SMOLLM2], mem_total_gb=4.5)
     assert tight["error"] == ""
     assert (tight["instances"][0]["kv_cache_bytes"], tight["instances"][0]["max_num_seqs"]) == (512 * MIB, 5)
+    # a host whose memory is unknown bounds nothing
+    assert plan([SMOLLM2], mem_total_gb=0)["instances"][0]["kv_cache_bytes"] == 720 * MIB
     refused = plan([SMOLLM2], mem_total_gb=4.05)["error"]
     assert refused.startswith("smollm2 needs 0.09 GiB of KV cache for one 4096-token context")
     assert "lower its max-model-len" in refused

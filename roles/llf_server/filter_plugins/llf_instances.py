@@ -81,7 +81,8 @@ def size_kv_caches(models: list[dict[str, Any]], settings: dict[str, Any],
     free = int((float(settings.get("mem_total_gb", 0)) - float(settings.get("memory_reserve_gb", 1)) - besides) * GIB)
     sized = sum(p["bytes"] for p in plans if not p["fixed"])
     room = free - sum(p["bytes"] for p in plans if p["fixed"])
-    if sized and sized > room:
+    # no memory figure for the host (0): nothing to bound the caches by
+    if sized and sized > room and float(settings.get("mem_total_gb", 0)) > 0:
         for model, plan in zip(models, plans, strict=True):
             if plan["fixed"]:
                 continue
