@@ -69,20 +69,21 @@ def size_kv_caches(models: list[dict[str, Any]], settings: dict[str, Any],
         per_token = kv_bytes_per_token(model)
         args = model.get("engine_args") or {}
         context = int(args.get("max-model-len", args.get("max_model_len", 0)) or 0)
+        chat = model.get("kind", "chat") == "chat"
         fixed = setting if index == 0 and setting != "auto" else None
-        if fixed is None and (not per_token or not context or model.get("kind", "chat") != "chat"):
+        if fixed is None and (not per_token or not context or not chat):
             fixed = model.get("kv_cache_gb", CATALOG_KV_GB)
         want = int(float(fixed) * GIB) if fixed is not None else per_token * context * streams[index]
         # a pooling model's batch stays vLLM's: one embeddings request of many inputs is many sequences
-        seqs = streams[index] if model.get("kind", "chat") == "chat" else 0
+        seqs = streams[index] if chat else 0
         plans.append({"bytes": want, "seqs": seqs, "per_token": per_token, "context": context,
                       "fixed": fixed is not None})
+    total = float(settings.get("mem_total_gb", 0))  # 0: no memory figure for the host, nothing to bound by
     besides = sum(float(m.get("memory_gb", 0)) - float(m.get("kv_cache_gb", CATALOG_KV_GB)) for m in models)
-    free = int((float(settings.get("mem_total_gb", 0)) - float(settings.get("memory_reserve_gb", 1)) - besides) * GIB)
+    free = int((total - float(settings.get("memory_reserve_gb", 1)) - besides) * GIB)
     sized = sum(p["bytes"] for p in plans if not p["fixed"])
     room = free - sum(p["bytes"] for p in plans if p["fixed"])
-    # no memory figure for the host (0): nothing to bound the caches by
-    if sized and sized > room and float(settings.get("mem_total_gb", 0)) > 0:
+    if sized and sized > room and total > 0:
         for model, plan in zip(models, plans, strict=True):
             if plan["fixed"]:
                 continue
