@@ -201,6 +201,10 @@ def curve_table(name: str, data: dict[str, Any]) -> list[str]:
         cells = "".join(f"{_fmt(s['mean'].get(k)):>15}" for k, _, _ in figures)
         lines.append(f"{s['users']:>6}{cells}{_fmt(noise):>10}%  {s['slo']}")
     lines.append(f"capacity: {data['capacity_users']} concurrent users met every SLO target")
+    short = [s["users"] for s in data["steps"] if s["slo"] == "inconclusive" and s["users"] > data["capacity_users"]]
+    if short:  # too few samples ends the run of passing steps as a miss would
+        lines.append(f"  inconclusive at {', '.join(map(str, short))} users (too few samples for a target): "
+                     "a longer STEP or more REPEATS gives a verdict")  # fmt: skip
     return lines
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from loadtests import hostinfo
 from tests.conftest import record_figure
 from tests.e2e.conftest import MODEL, Deployment, Harness, recap
 
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.e2e
 
 MODEL_DIR = Path("/var/lib/llf/models") / MODEL
 SECRETS = Path("/etc/llf/secrets.env")
+INDUCTOR_CACHE = Path("/var/lib/llf/server/cache/inductor")
 
 
 def test_install_prints_endpoint_model_time_and_example(deployment: Deployment) -> None:
@@ -55,6 +57,14 @@ def test_server_memory_figure(deployment: Deployment) -> None:
                 pss_kb += int(line.split()[1])
     assert pss_kb > 100_000  # a real engine with a real model, not a stub
     record_figure(f"server memory (PSS of {len(pids)} processes): {pss_kb / 1024 / 1024:.2f} GiB")
+    # the engine serving started from the compile cache: a deploy whose start compiled the
+    # model's graphs restarts it once (llf_server_restart_after_compile; the compiler's memory)
+    engine = subprocess.run(["pgrep", "-u", "llf", "-f", "^VLLM::EngineCore"], capture_output=True, text=True,
+                            check=True).stdout.split()  # fmt: skip
+    started = hostinfo.process_started(int(engine[0]))
+    compiled = [path.stat().st_mtime for path in INDUCTOR_CACHE.rglob("*") if path.is_file()]
+    assert started is not None and compiled, f"engine {engine}, {len(compiled)} files in {INDUCTOR_CACHE}"
+    assert max(compiled) < started, "the serving engine compiled in its start and was not restarted"
 
 
 def test_api_key_is_required_and_kept_secret(deployment: Deployment) -> None:

@@ -281,6 +281,18 @@ def test_ratios_and_the_vs_report(tmp_path: Path) -> None:
     assert (tmp_path / "chat_latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_an_inconclusive_step_that_ends_the_capacity_says_what_to_change() -> None:
+    data = run_doc({1: reps([100.0], [100.0]), 2: reps([200.0], [100.0])})["curves"]["chat"]
+    data.update(model=MODEL, host="h", capacity_users=0)
+    for s, verdict in zip(data["steps"], ["inconclusive", "pass"], strict=True):
+        s.update(slo=verdict, completed=1)
+    lines = bench.curve_table("chat", data)
+    assert lines[-2] == "capacity: 0 concurrent users met every SLO target"
+    assert lines[-1].startswith("  inconclusive at 1 users (too few samples") and "REPEATS" in lines[-1]
+    data["steps"][0]["slo"] = "pass"
+    assert bench.curve_table("chat", data)[-1].startswith("capacity:")
+
+
 # -- host profile and the server's processes ---------------------------------------------
 
 

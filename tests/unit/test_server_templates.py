@@ -70,6 +70,7 @@ def test_every_value_reaches_the_server_unchanged(tmp_path: Path) -> None:
             {"item": "/opt/e/lib/libiomp5.so", "stat": {"exists": False}},
         ]},
         "llf_server_extra_env": {"LLF_NOTE": "a value; with $HOME, `quotes` and 'apostrophes' | pipes"},
+        "llf_server_onednn_cache": 0,
     })
     # a | in the thread binding once made the start script exit 127
     assert sourced(env, "VLLM_CPU_OMP_THREADS_BIND") == "0-1|2-3"
@@ -83,6 +84,8 @@ def test_every_value_reaches_the_server_unchanged(tmp_path: Path) -> None:
     # only the preload libraries that exist, and tcmalloc gives freed pages back
     assert sourced(env, "LD_PRELOAD") == "/usr/lib/libtcmalloc_minimal.so.4"
     assert sourced(env, "TCMALLOC_AGGRESSIVE_DECOMMIT") == "1"
+    # no oneDNN kernels kept beyond vLLM's own (the server's growth per batch size)
+    assert sourced(env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY") == "0"
 
 
 def test_all_cores_and_no_compile_cache(tmp_path: Path) -> None:
@@ -92,12 +95,14 @@ def test_all_cores_and_no_compile_cache(tmp_path: Path) -> None:
         "llf_engine_selected": "vllm-cpu",
         "llf_server_models": _plan(cores=2, bind="all", kv_cache_gb=1),
         "llf_server_extra_env": {},
+        "llf_server_onednn_cache": "default",
     })
     assert sourced(env, "VLLM_CPU_OMP_THREADS_BIND") == "0-1"
     assert "VLLM_USE_AOT_COMPILE" not in env.read_text()
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in env.read_text()  # llf_server_inprocess_worker: false
     assert "LD_PRELOAD" not in env.read_text() and "TCMALLOC" not in env.read_text()
     assert sourced(env, "HOME") == "/srv/llf"
+    assert "ONEDNN" not in env.read_text()  # llf_server_onednn_cache: default leaves oneDNN's own
 
 
 def _options(tmp_path: Path, engine: str) -> dict:
