@@ -234,8 +234,14 @@ def _memory_line(server: dict[str, Any]) -> str:
         f"memory RSS {mem['rss_mib']:.0f} MiB, PSS {_fmt(mem.get('pss_mib'), 0)} MiB over {mem['processes']} processes"
     )
     start = server.get("startup_seconds")
+    at = server.get("started_at")
     up = server.get("uptime_seconds")
-    text += f"; started in {start:.1f} s" if start is not None else "; start time unknown"
+    if start is not None:  # measured only for a server the bench starts
+        text += f"; started in {start:.1f} s"
+    if at is not None:
+        text += f"; running since {datetime.fromtimestamp(at, UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    elif start is None:
+        text += "; start time unknown"
     if up is not None:
         text += f" (up {up:.0f} s)"
     return text

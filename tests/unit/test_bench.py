@@ -271,13 +271,15 @@ def test_ratios_and_the_vs_report(tmp_path: Path) -> None:
         "server": {"memory": "unknown", "startup_seconds": None, "uptime_seconds": None},
         "curves": ours,
         "vs": {"name": "vllm-defaults", "command": ["vllm serve", "/m"],
-               "server": {"memory": {"rss_mib": 900.0, "pss_mib": 800.0, "processes": 3}, "startup_seconds": 42.0},
+               "server": {"memory": {"rss_mib": 900.0, "pss_mib": 800.0, "processes": 3}, "startup_seconds": 42.0,
+                          "started_at": 1_800_000_000.0, "uptime_seconds": 60.0},
                "curves": theirs, "ratios": {"chat": rows}},
     }  # fmt: skip
     text = bench.write_report(tmp_path, doc)
     assert "ratio LLF / vllm-defaults (chat):" in text
     assert "memory unknown (not on this machine); start time unknown" in text
-    assert "memory RSS 900 MiB, PSS 800 MiB over 3 processes; started in 42.0 s" in text
+    assert ("memory RSS 900 MiB, PSS 800 MiB over 3 processes; started in 42.0 s; "
+            "running since 2027-01-15T08:00:00Z (up 60 s)") in text
     assert (tmp_path / "chat_latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
