@@ -3,7 +3,7 @@
 One bench of two steps (1 and 2 users, 5 s each, two repeats, chat only): the report's
 shape (table, plots, capacity, host profile, server memory), no baseline yet (a message,
 exit 0); ``make bench-save FROM=`` stores it as the baseline, the same run judged again
-has no regression (exit 0), and against a baseline made 30 % better it is one (exit 1,
+has no regression (exit 0), and against a baseline made 10 times better it is one (exit 1,
 the per-step deltas printed).
 """
 
@@ -66,15 +66,17 @@ def test_make_bench_report_baseline_and_regression(server: Server, harness: Harn
         same = harness.make("bench", *common, f"FROM={out}", timeout=120)
         assert same.returncode == 0 and "no regression against the baseline" in same.output, same.output[-3000:]
 
-        # a baseline 30 % faster than this run: a regression, with the per-step deltas
+        # a baseline 10 times faster than this run: a regression, with the per-step deltas (a
+        # smaller change can sit inside the noise band of two 5-second repeats: a CI run's
+        # throughput repeats at 2 users were 81 and 30 tok/s, a band of 67 %)
         base = json.loads((baselines / f"{key}.json").read_text())
         for step in base["curves"]["chat"]["steps"]:
-            step["mean"]["output_throughput"] *= 1.3
+            step["mean"]["output_throughput"] *= 10
         (baselines / f"{key}.json").write_text(json.dumps(base))
         worse = harness.make("bench", *common, f"FROM={out}", timeout=120)
         # the bench exits 1, which make reports as its own failure (exit 2, "Error 1")
         assert worse.returncode == 2 and "bench] Error 1" in worse.output, worse.output[-3000:]
         assert "REGRESSION against the baseline" in worse.output
-        assert "output tok/s" in worse.output and "-23.1%" in worse.output  # 1 / 1.3 - 1
+        assert "output tok/s" in worse.output and "-90.0%" in worse.output  # 1 / 10 - 1
     finally:
         harness.env.pop("LLF_API_KEY", None)
