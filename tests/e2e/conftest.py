@@ -44,6 +44,13 @@ VLLM_PROCESSES = {
 }
 # the third process vLLM starts when the worker has a process of its own
 VLLM_WORKER = "^VLLM::Worker"
+# this machine's own processes only: test hosts' processes are visible here too
+PGREP = ["pgrep", "--ns", str(os.getpid()), "--nslist", "pid", "-u", "llf", "-f"]
+
+
+def oldest_pid(pattern: str) -> int | None:
+    found = subprocess.run([*PGREP[:-1], "-o", "-f", pattern], capture_output=True, text=True, check=False)
+    return int(found.stdout.split()[0]) if found.stdout.strip() else None
 
 
 def served_total(address: str, port: int) -> float:

@@ -13,7 +13,7 @@ import requests
 
 from loadtests import hostinfo
 from tests.conftest import record_figure
-from tests.e2e.conftest import MODEL, Deployment, Harness, recap
+from tests.e2e.conftest import MODEL, VLLM_PROCESSES, Deployment, Harness, oldest_pid, recap
 
 pytestmark = pytest.mark.e2e
 
@@ -59,9 +59,9 @@ def test_server_memory_figure(deployment: Deployment) -> None:
     record_figure(f"server memory (PSS of {len(pids)} processes): {pss_kb / 1024 / 1024:.2f} GiB")
     # the engine serving started from the compile cache: a deploy whose start compiled the
     # model's graphs restarts it once (llf_server_restart_after_compile; the compiler's memory)
-    engine = subprocess.run(["pgrep", "-u", "llf", "-f", "^VLLM::EngineCore"], capture_output=True, text=True,
-                            check=True).stdout.split()  # fmt: skip
-    started = hostinfo.process_started(int(engine[0]))
+    engine = oldest_pid(VLLM_PROCESSES["VLLM::EngineCore"])
+    assert engine is not None, "no engine core process"
+    started = hostinfo.process_started(engine)
     compiled = [path.stat().st_mtime for path in INDUCTOR_CACHE.rglob("*") if path.is_file()]
     assert started is not None and compiled, f"engine {engine}, {len(compiled)} files in {INDUCTOR_CACHE}"
     assert max(compiled) < started, "the serving engine compiled in its start and was not restarted"

@@ -20,26 +20,19 @@ import pytest
 from tests.conftest import Server, record_figure
 from tests.e2e.conftest import (
     MODEL,
+    PGREP,
     SUPERVISORCTL,
     VLLM_PROCESSES,
     VLLM_WORKER,
     Deployment,
     Harness,
+    oldest_pid,
     server_answers,
 )
 
 pytestmark = pytest.mark.e2e
 
 LOG = Path("/var/log/llf/llf-vllm.log")
-
-
-# this machine's own processes only: test hosts' processes are visible here too
-PGREP = ["pgrep", "--ns", str(os.getpid()), "--nslist", "pid", "-u", "llf", "-f"]
-
-
-def oldest_pid(pattern: str) -> int | None:
-    found = subprocess.run([*PGREP[:-1], "-o", "-f", pattern], capture_output=True, text=True, check=False)
-    return int(found.stdout.split()[0]) if found.stdout.strip() else None
 
 
 def answers(server: Server) -> bool:
